@@ -1,0 +1,5 @@
+import sys
+
+from synaprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,134 @@
+"""Mechanism A: the aggregation formula against a direct per-example computation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from synaprune import PerExampleGradStats, SynaPrune
+from synaprune.optim import aggregate, cancellation
+from synaprune.optim.schedules import blend_weight
+
+
+def _per_example(seed: int = 0, b: int = 7, n: int = 11) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    per = torch.randn(b, n, generator=g, dtype=torch.float64)
+    per[:, 0] = 1.0  # one coordinate where every example agrees: c = 1, rms = mean
+    per[:, 1] = torch.tensor([1.0, -1.0] * (b // 2) + [0.0] * (b % 2), dtype=torch.float64)
+    return per
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.25, 1.0], ids=["mean", "blend-0.25", "rms"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_blend_formula_matches_direct_computation(lam, reduction):
+    per = _per_example()
+    b = per.shape[0]
+    gbar = per.mean(0)
+    r = per.pow(2).mean(0).sqrt()
+    expected = gbar + lam * torch.sign(gbar) * (r - gbar.abs())
+    grad = gbar if reduction == "mean" else per.sum(0)
+    scale = 1.0 if reduction == "mean" else b
+    d = aggregate(grad.clone(), per.pow(2).sum(0), b, lam=lam, reduction=reduction)
+    torch.testing.assert_close(d, scale * expected, rtol=1e-12, atol=1e-15)
+
+
+def test_blend_acts_on_data_gradient_and_keeps_extra_gradient():
+    per = _per_example(1)
+    b = per.shape[0]
+    extra = torch.linspace(-1, 1, per.shape[1], dtype=torch.float64)
+    gbar = per.mean(0)
+    r = per.pow(2).mean(0).sqrt()
+    expected = gbar + 0.5 * torch.sign(gbar) * (r - gbar.abs()) + extra
+    d = aggregate(gbar + extra, per.pow(2).sum(0), b, lam=0.5, reduction="mean", extra=extra)
+    torch.testing.assert_close(d, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_rms_is_never_smaller_than_mean():
+    per = _per_example(2)
+    d = aggregate(per.mean(0), per.pow(2).sum(0), per.shape[0], lam=1.0, reduction="mean")
+    assert torch.all(d.abs() >= per.mean(0).abs() - 1e-15)
+
+
+def test_cancellation_is_one_where_examples_agree_and_zero_where_they_cancel():
+    per = _per_example(3, b=6)
+    c = cancellation(per.mean(0), per.pow(2).sum(0), per.shape[0])
+    expected = per.mean(0).abs() / per.pow(2).mean(0).sqrt()
+    torch.testing.assert_close(c, expected, rtol=1e-12, atol=1e-15)
+    assert c[0] == 1.0 and c[1] == 0.0
+    zero = torch.zeros(3, dtype=torch.float64)
+    assert torch.equal(cancellation(zero, zero, 4), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_blend_schedule(schedule):
+    values = [blend_weight(0.8, t, schedule=schedule, steps=10) for t in range(15)]
+    assert values[0] == pytest.approx(0.8)
+    if schedule == "constant":
+        assert all(v == 0.8 for v in values)
+    else:
+        assert all(a >= b for a, b in itertools.pairwise(values))
+        assert values[10:] == [pytest.approx(0.0, abs=1e-15)] * 5
+        assert values[5] == pytest.approx(0.4)  # both schedules are half way at half time
+
+
+def _cancelling_problem():
+    """Linear model y = w.x; examples' gradients nearly cancel in w[0] and agree in w[1]."""
+    x = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, 1.0], [-1.02, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64)
+    model = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.zero_()
+    return model, x, y
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_rms_moves_a_cancelling_coordinate_by_about_r_where_mean_barely_moves(reduction):
+    lr = 0.1
+    moves = {}
+    for aggregation in ("mean", "rms"):
+        model, x, y = _cancelling_problem()
+        stats = PerExampleGradStats(model, reduction=reduction)
+        opt = SynaPrune(model.parameters(), lr=lr, aggregation=aggregation)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y, reduction=reduction).backward()
+        opt.step()
+        stats.remove()
+        moves[aggregation] = -model.weight.detach()[0]
+    # Direct: l_i = (w.x_i - y_i)^2, g_i = 2 (w.x_i - y_i) x_i = -2 x_i at w = 0.
+    _, x, y = _cancelling_problem()
+    per = -2.0 * x
+    scale = 1.0 if reduction == "mean" else x.shape[0]
+    gbar, r = per.mean(0), per.pow(2).mean(0).sqrt()
+    torch.testing.assert_close(moves["mean"], lr * scale * gbar, rtol=1e-12, atol=0)
+    torch.testing.assert_close(moves["rms"], lr * scale * torch.sign(gbar) * r, rtol=1e-12,
+                               atol=0)
+    # The outcome: in the cancelling coordinate mean moves 1% of what rms moves.
+    assert moves["mean"][0].abs() < 0.01 * moves["rms"][0].abs()
+    assert moves["rms"][0].abs() == pytest.approx(lr * scale * r[0].item(), rel=1e-12)
+    # Where the examples agree, both move alike.
+    assert moves["mean"][1] == pytest.approx(moves["rms"][1].item(), rel=1e-12)
+
+
+def test_decayed_blend_returns_to_mean():
+    """After blend_steps a linear schedule reproduces plain SGD steps exactly."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    model = nn.Linear(3, 1).double()
+    stats = PerExampleGradStats(model)
+    opt = SynaPrune(model.parameters(), lr=0.05, aggregation="rms", blend_schedule="linear",
+                    blend_steps=5)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    expected = [b.add(p.grad, alpha=-0.05) for b, p in zip(before, model.parameters(), strict=True)]
+    opt.step()
+    stats.remove()
+    for e, p in zip(expected, model.parameters(), strict=True):
+        assert torch.equal(e, p.detach())

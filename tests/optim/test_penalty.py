@@ -1,0 +1,127 @@
+"""Mechanism C: the activation-gradient penalty and the weight stabiliser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from synaprune import ActivationGradientPenalty, PerExampleGradStats, SynaPrune
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(),
+                         nn.Linear(4, 2)).double()
+
+
+def _data(seed: int = 1, b: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 3, generator=g, dtype=torch.float64),
+            torch.randn(b, 2, generator=g, dtype=torch.float64))
+
+
+def _reference_penalised_loss(model, x, y, beta, gamma, init_norms):
+    """Per-example loop: L + beta/B sum_i sum_l ||d l_i/d h_{l,i}||^2 + stabiliser."""
+    b = x.shape[0]
+    data, act = 0.0, 0.0
+    for i in range(b):
+        h1 = model[1](model[0](x[i:i + 1]))
+        h2 = model[3](model[2](h1))
+        li = nn.functional.mse_loss(model[4](h2), y[i:i + 1], reduction="sum")
+        g1, g2 = torch.autograd.grad(li, (h1, h2), create_graph=True)
+        data = data + li / b
+        act = act + g1.pow(2).sum() + g2.pow(2).sum()
+    weights = [model[0].weight, model[2].weight, model[4].weight]
+    stab = sum(torch.relu(c - w.norm()) ** 2 for w, c in zip(weights, init_norms, strict=True))
+    return data, beta * act / b, gamma * stab
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_penalty_value_and_gradient_match_per_example_reference(reduction):
+    beta, gamma = 0.3, 2.0
+    model = _model()
+    init_norms = [m.weight.norm().item() for m in (model[0], model[2], model[4])]
+    penalty = ActivationGradientPenalty(model, beta=beta, gamma=gamma, reduction=reduction)
+    with torch.no_grad():  # shrink one layer so the stabiliser is active
+        model[2].weight.mul_(0.5)
+    x, y = _data()
+    # mse per example summed over outputs; "mean" divides by B only.
+    loss = nn.functional.mse_loss(model(x), y, reduction="sum")
+    if reduction == "mean":
+        loss = loss / x.shape[0]
+    total = penalty(loss)
+    total.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    extra = [p.grad_extra.clone() for p in model.parameters()]
+
+    data, act, stab = _reference_penalised_loss(model, x, y, beta, gamma, init_norms)
+    scale = 1.0 if reduction == "mean" else x.shape[0]
+    assert penalty.last_penalty == pytest.approx(act.item() * scale, rel=1e-12)
+    assert penalty.last_stabiliser == pytest.approx(stab.item(), rel=1e-12)
+    assert stab.item() > 0
+    assert total.item() == pytest.approx((scale * data + scale * act + stab).item(), rel=1e-12)
+    params = list(model.parameters())
+    ref_total = torch.autograd.grad(scale * data + scale * act + stab, params,
+                                    retain_graph=True)
+    ref_extra = torch.autograd.grad(scale * act + stab, params)
+    for a, b in zip(ours, ref_total, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(extra, ref_extra, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stabiliser_is_zero_at_initialisation_and_penalty_keeps_probe_on_data_loss():
+    model = _model()
+    stats = PerExampleGradStats(model)
+    penalty = ActivationGradientPenalty(model, beta=0.5, gamma=1.0)
+    x, y = _data()
+    penalty(nn.functional.mse_loss(model(x), y)).backward()
+    assert penalty.last_stabiliser == 0.0
+    with_penalty = [p.grad_sumsq.clone() for p in model.parameters()]
+    stats.zero()
+    for p in model.parameters():
+        p.grad = None
+    nn.functional.mse_loss(model(x), y).backward()
+    stats.remove()
+    for a, p in zip(with_penalty, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad_sumsq, rtol=1e-12, atol=0)
+
+
+def test_penalty_moves_parameters_where_the_batch_gradient_is_exactly_zero():
+    """Two copies of one input with targets f(x) + 1 and f(x) - 1: every per-example gradient
+    cancels exactly, so plain GD cannot move; the per-example activation gradients do not cancel.
+    """
+    model = _model(3)
+    x = torch.randn(1, 3, dtype=torch.float64).repeat(2, 1)
+    with torch.no_grad():
+        f = model(x[:1])
+    y = torch.cat([f + 1.0, f - 1.0])
+    for beta, should_move in ((0.0, False), (0.1, True)):
+        m = _model(3)
+        start = [p.detach().clone() for p in m.parameters()]
+        opt = SynaPrune(m.parameters(), lr=0.1)
+        penalty = ActivationGradientPenalty(m, beta=beta) if beta else None
+        for _ in range(5):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(m(x), y)
+            (penalty(loss) if penalty else loss).backward()
+            opt.step()
+        moved = max((p.detach() - s).abs().max().item()
+                    for p, s in zip(m.parameters(), start, strict=True))
+        assert (moved > 1e-3) == should_move, (beta, moved)
+
+
+def test_bad_options_and_missing_forward():
+    model = _model()
+    with pytest.raises(ValueError, match="beta"):
+        ActivationGradientPenalty(model, beta=-1.0)
+    with pytest.raises(ValueError, match="gamma"):
+        ActivationGradientPenalty(model, beta=1.0, gamma=-1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        ActivationGradientPenalty(model, beta=1.0, reduction="max")
+    with pytest.raises(ValueError, match="hidden layers"):
+        ActivationGradientPenalty(nn.Linear(2, 2), beta=1.0)
+    penalty = ActivationGradientPenalty(model, beta=1.0)
+    with pytest.raises(RuntimeError, match="forward"):
+        penalty(torch.tensor(1.0, requires_grad=True))
