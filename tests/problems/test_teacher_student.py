@@ -1,0 +1,240 @@
+"""Teacher-student: the Gaussian ReLU kernel and the exact population loss.
+
+References are brute force: Monte Carlo over Gaussian inputs (within a few standard errors),
+the textbook arccos formula, and finite differences of gradients for the Hessian.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch.func import grad, stack_module_state, vmap
+
+from synaprune.problems import Problem, get_problem, relu_kernel
+
+F64 = torch.float64
+
+
+def _arccos_kernel(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Textbook form |w||v| (sin t + (pi - t) cos t) / (2 pi), t = arccos(cos)."""
+    nw, nv = w.norm(dim=1)[:, None], v.norm(dim=1)[None, :]
+    cos = ((w @ v.T) / (nw * nv)).clamp(-1.0, 1.0)
+    t = torch.arccos(cos)
+    return nw * nv * (torch.sin(t) + (math.pi - t) * cos) / (2 * math.pi)
+
+
+def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Student-like rows w and teacher-like rows v covering the special cases."""
+    gen = torch.Generator().manual_seed(11)
+    w = torch.randn(6, 4, generator=gen, dtype=F64)
+    v = torch.randn(6, 4, generator=gen, dtype=F64)
+    v[0] = 2.5 * w[0]  # parallel
+    v[1] = -0.7 * w[1]  # antiparallel
+    v[2] = w[2] + 1e-4 * torch.randn(4, generator=gen, dtype=F64)  # nearly parallel
+    v[3] = torch.tensor([w[3, 1], -w[3, 0], 0.0, 0.0], dtype=F64)  # orthogonal when w[3] is
+    w[3, 2:] = 0.0
+    return w, v
+
+
+def test_kernel_matches_monte_carlo() -> None:
+    w, v = _pairs()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(200_000, 4, generator=gen, dtype=F64)
+    products = torch.relu(x @ w.T)[:, :, None] * torch.relu(x @ v.T)[:, None, :]
+    mean = products.mean(dim=0)
+    stderr = products.std(dim=0) / math.sqrt(x.shape[0])
+    error = (relu_kernel(w, v) - mean).abs()
+    assert (error <= 5 * stderr + 1e-12).all(), error / stderr
+    assert mean[1, 1] == 0  # antiparallel: never both positive
+
+
+def test_kernel_special_values_and_textbook_form() -> None:
+    w, v = _pairs()
+    kernel = relu_kernel(w, v)
+    torch.testing.assert_close(kernel, _arccos_kernel(w, v), rtol=1e-10, atol=1e-12)
+    nw, nv = w.norm(dim=1), v.norm(dim=1)
+    torch.testing.assert_close(kernel[0, 0], 2.5 * nw[0] ** 2 / 2, rtol=1e-14, atol=0)
+    assert kernel[1, 1].abs() < 1e-15  # antiparallel: relu(w.x) relu(v.x) = 0
+    torch.testing.assert_close(kernel[3, 3], nw[3] * nv[3] / (2 * math.pi), rtol=1e-14, atol=0)
+    self_kernel = relu_kernel(w, w)
+    torch.testing.assert_close(self_kernel.diagonal(), nw**2 / 2, rtol=1e-14, atol=0)
+    torch.testing.assert_close(self_kernel, self_kernel.T, rtol=1e-14, atol=1e-15)
+    zero = torch.zeros(1, 4, dtype=F64)
+    assert torch.equal(relu_kernel(zero, v), torch.zeros(1, 6, dtype=F64))
+    with pytest.raises(ValueError, match="Expected w of size"):
+        relu_kernel(w, v[:, :3])
+
+
+def test_kernel_derivatives_are_finite_at_degenerate_pairs() -> None:
+    w, v = _pairs()
+    w = torch.cat([w, torch.zeros(1, 4, dtype=F64)])  # a zero row too
+    z = w.reshape(-1).clone()
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        wf = flat.reshape(w.shape)
+        return relu_kernel(wf, v).sum() + relu_kernel(wf, wf).sum()
+
+    g = torch.autograd.functional.jacobian(f, z)
+    h = torch.autograd.functional.hessian(f, z)
+    assert torch.isfinite(g).all()
+    assert torch.isfinite(h).all()
+
+
+def _loss_of_flat(
+    problem: Problem, model: torch.nn.Module
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    shape = model.hidden.weight.shape
+    buffers = dict(model.named_buffers())
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        return problem.exact_loss_fn({"hidden.weight": flat.reshape(shape), **buffers})
+
+    return f
+
+
+def _check_hessian_against_finite_differences(
+    problem: Problem, model: torch.nn.Module, flat: torch.Tensor
+) -> torch.Tensor:
+    f = _loss_of_flat(problem, model)
+    hessian = torch.autograd.functional.hessian(f, flat)
+    step = 1e-6
+    columns = []
+    for e in torch.eye(flat.numel(), dtype=F64):
+        plus = torch.autograd.functional.jacobian(f, flat + step * e)
+        minus = torch.autograd.functional.jacobian(f, flat - step * e)
+        columns.append((plus - minus) / (2 * step))
+    reference = torch.stack(columns)
+    torch.testing.assert_close(hessian, reference, rtol=1e-5, atol=1e-6)
+    return hessian
+
+
+@pytest.mark.parametrize("spec", ["teacher-student:k=5", "teacher-student:k=4,n=3,d=6"])
+def test_exact_loss_matches_monte_carlo(spec: str) -> None:
+    problem = get_problem(spec)
+    model = problem.build_model(2)
+    d, n = problem.options["d"], problem.options["n"]
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(200_000, d, generator=gen, dtype=F64)
+    teacher = torch.relu(x[:, :n]).sum(dim=1, keepdim=True)
+    with torch.no_grad():
+        per_example = 0.5 * (model(x) - teacher).square().squeeze(1)
+        exact = problem.loss(model)
+    stderr = per_example.std() / math.sqrt(x.shape[0])
+    assert (exact - per_example.mean()).abs() < 4 * stderr
+
+
+def test_exact_loss_is_zero_with_zero_gradient_at_the_teacher() -> None:
+    problem = get_problem("teacher-student:k=5")
+    model = problem.build_model(0)
+    for weight in (torch.eye(5, dtype=F64), torch.eye(5, dtype=F64)[[3, 0, 4, 1, 2]]):
+        with torch.no_grad():
+            model.hidden.weight.copy_(weight)
+        model.zero_grad()
+        loss = problem.loss(model)
+        loss.backward()
+        assert loss.abs() < 1e-13
+        assert model.hidden.weight.grad.abs().max() < 1e-13
+    # Away from the teacher the loss is clearly positive.
+    with torch.no_grad():
+        model.hidden.weight.mul_(1.1)
+    assert problem.loss(model) > 1e-3
+
+
+def test_exact_hessian_matches_finite_differences() -> None:
+    problem = get_problem("teacher-student:k=3,d=4")
+    model = problem.build_model(4)
+    _check_hessian_against_finite_differences(problem, model, model.hidden.weight.reshape(-1))
+    # At the global minimum the loss is C^2 (not C^3): the Hessian must still be finite,
+    # symmetric, positive semidefinite and consistent with the gradient.
+    teacher = torch.eye(3, 4, dtype=F64).reshape(-1)
+    hessian = _check_hessian_against_finite_differences(problem, model, teacher)
+    torch.testing.assert_close(hessian, hessian.T, rtol=1e-12, atol=1e-12)
+    assert torch.linalg.eigvalsh(hessian).min() > -1e-10
+
+
+@pytest.mark.parametrize("distance", [1e-10, 1e-12])
+def test_exact_hessian_is_continuous_near_the_teacher(distance: float) -> None:
+    # Nearly parallel neurons must not amplify rounding errors (by 1/angle) in the Hessian.
+    problem = get_problem("teacher-student:k=4")
+    f = _loss_of_flat(problem, problem.build_model(0))
+    teacher = torch.eye(4, dtype=F64).reshape(-1)
+    direction = torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=F64)
+    at_teacher = torch.autograd.functional.hessian(f, teacher)
+    nearby = torch.autograd.functional.hessian(f, teacher + distance * direction)
+    assert (nearby - at_teacher).abs().max() < 100 * distance
+
+
+def test_vmap_gradient_at_the_teacher_is_finite() -> None:
+    problem = get_problem("teacher-student:k=4")
+    models = [problem.build_model(s) for s in range(3)]
+    with torch.no_grad():
+        models[1].hidden.weight.copy_(torch.eye(4, dtype=F64))
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    grads = vmap(grad(lambda p, b: problem.functional_loss(base, p, b)))(params, buffers)
+    assert torch.isfinite(grads["hidden.weight"]).all()
+    assert grads["hidden.weight"][1].abs().max() < 1e-13
+
+
+def test_model_structure_and_xavier_init() -> None:
+    problem = get_problem("teacher-student:k=40")
+    model = problem.build_model(0)
+    assert [name for name, _ in model.named_parameters()] == ["hidden.weight"]
+    assert model.hidden.bias is None
+    assert torch.equal(model.output_weight, torch.ones(40, dtype=F64))
+    weight = model.hidden.weight
+    # Xavier normal on a 40 x 40 layer: N(0, 2 / (40 + 40)); 1600 draws.
+    assert weight.mean().abs() < 5 * 0.158 / 40
+    assert abs(weight.std().item() / math.sqrt(2 / 80) - 1) < 0.1
+
+
+def test_sampled_variant_data_and_teacher() -> None:
+    problem = get_problem("teacher-student:k=4,n=3,d=5,exact=false,N=100")
+    x, y = problem.data()
+    assert x.shape == (100, 5)
+    assert y.shape == (100, 1)
+    again = get_problem("teacher-student:k=4,n=3,d=5,exact=false,N=100").data()
+    assert torch.equal(x, again[0])
+    assert torch.equal(y, again[1])
+    torch.testing.assert_close(y, torch.relu(x[:, :3]).sum(dim=1, keepdim=True))
+    model = problem.build_model(0)
+    with torch.no_grad():
+        model.hidden.weight.copy_(torch.eye(4, 5, dtype=F64))
+        model.output_weight[3] = 0.0  # a zero output weight makes the student the teacher
+    assert problem.loss(model) == 0
+    # The sample mean estimates the exact loss of the same student.
+    exact = get_problem("teacher-student:k=4,n=3,d=5")
+    student = exact.build_model(1)
+    sampled = get_problem("teacher-student:k=4,n=3,d=5,exact=false,N=20000")
+    with torch.no_grad():
+        a, b = exact.loss(student), sampled.loss(student)
+    assert abs(a - b) < 0.1 * a
+
+
+def test_published_k7_spurious_minimum_is_a_strict_local_minimum() -> None:
+    # The k = n = 7 spurious minimum listed (10 digits) in the README of
+    # github.com/ItaySafran/Overparameterization (Safran, Yehudai & Shamir 2021, the
+    # follow-up of Safran & Shamir 2018): one neuron of one kind, six of another. Its
+    # columns are the neurons, hence the transpose. An independent check of the exact
+    # loss: the point must be critical up to its rounding, with a positive-definite Hessian.
+    a, f, e, c, d = -0.6327039049, 0.2616910758, 0.1859910463, 0.9969227988, -0.0350801559
+    point = torch.full((7, 7), d, dtype=F64)
+    point[0, :], point[1:, 0] = f, e
+    point[0, 0] = a
+    point[range(1, 7), range(1, 7)] = c
+    problem = get_problem("teacher-student:k=7")
+    model = problem.build_model(0)
+    with torch.no_grad():
+        model.hidden.weight.copy_(point.T)
+    loss = problem.loss(model)
+    loss.backward()
+    assert 1e-2 < loss.item() < 3e-2  # clearly above the success tolerance 1e-3
+    assert model.hidden.weight.grad.norm() < 1e-8
+    hessian = torch.autograd.functional.hessian(
+        _loss_of_flat(problem, model), point.T.reshape(-1).contiguous()
+    )
+    assert torch.linalg.eigvalsh(hessian).min() > 1e-3
