@@ -1,8 +1,9 @@
 """Cost of a SynaPrune step, as a ratio to a plain ``torch.optim.SGD`` step, measured side by side.
 
 MLP 784-512-512-10 with ReLU and cross-entropy, float32, 2 threads. Each round times one step of
-every variant in turn (so drift of the shared machine hits all alike); the table reports the
-median over rounds after warm-up, and the ratio of medians to plain SGD. A step is
+every variant in turn (so drift of the shared machine hits all alike); the table reports each
+variant's median step time after warm-up and the median over rounds of its ratio to plain SGD's
+step in the same round (paired ratios cancel most of the machine's drift). A step is
 zero_grad + forward + backward + optimizer step.
 
     .venv/bin/python benchmarks/step_cost.py                 # batch 128 and 512, 40 rounds
@@ -67,6 +68,9 @@ def variants(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
         from backpack.extensions import SumGradSquared
     except ImportError:
         return out
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Full backward hook")
     model = extend(make_model())
     bp_loss = extend(nn.CrossEntropyLoss())
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -81,7 +85,8 @@ def variants(x: torch.Tensor, y: torch.Tensor) -> dict[str, Callable[[], None]]:
     return out
 
 
-def measure(batch: int, rounds: int, warmup: int) -> dict[str, float]:
+def measure(batch: int, rounds: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """Median step time and median paired ratio to ``torch.optim.SGD``, per variant."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 784, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
@@ -94,7 +99,10 @@ def measure(batch: int, rounds: int, warmup: int) -> dict[str, float]:
             dt = time.perf_counter() - t0
             if r >= warmup:
                 times[name].append(dt)
-    return {k: statistics.median(v) for k, v in times.items()}
+    base = times["torch.optim.SGD"]
+    return {k: (statistics.median(v), statistics.median(t / b for t, b in zip(v, base,
+                                                                             strict=True)))
+            for k, v in times.items()}
 
 
 def main() -> None:
@@ -110,10 +118,8 @@ def main() -> None:
     print("| variant | batch | median step (ms) | ratio to torch.optim.SGD |")
     print("| --- | ---: | ---: | ---: |")
     for batch in args.batch:
-        med = measure(batch, args.rounds, args.warmup)
-        base = med["torch.optim.SGD"]
-        for name, t in med.items():
-            print(f"| {name} | {batch} | {t * 1e3:.2f} | {t / base:.2f}x |", flush=True)
+        for name, (t, ratio) in measure(batch, args.rounds, args.warmup).items():
+            print(f"| {name} | {batch} | {t * 1e3:.2f} | {ratio:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
