@@ -1,0 +1,216 @@
+"""The ``bench`` and ``results`` subcommands, registered into the main ``synaprune`` parser.
+
+    synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
+    synaprune results --db results.db --problem teacher-student --format table
+
+Bad input (unknown problem, method or option names, malformed options, an unreadable database)
+raises :class:`synaprune.cli.UsageError`, which the main command prints as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from typing import Any
+
+import torch
+
+from synaprune.bench.methods import Method, parse_method_list
+from synaprune.bench.runner import check_compatible
+from synaprune.bench.store import ResultStore
+from synaprune.bench.summary import FORMATS, format_summaries, summarize
+from synaprune.bench.sweep import sweep
+from synaprune.problems import Problem, get_problem, list_problems
+
+__all__ = ["add_bench_parser", "add_results_parser", "cmd_bench", "cmd_results"]
+
+
+def _usage_error(message: str) -> Exception:
+    """A :class:`synaprune.cli.UsageError`, imported late so that ``synaprune.cli`` may import
+    this module at any point of its own initialisation without a circular import."""
+    from synaprune.cli import UsageError
+
+    return UsageError(message)
+
+
+def _problems(specs: list[str]) -> list[Problem]:
+    problems = []
+    for spec in specs:
+        try:
+            problems.append(get_problem(spec))
+        except (ValueError, KeyError) as exc:
+            raise _usage_error(str(exc).strip("'\"")) from None
+    return problems
+
+
+def _open_store(path: str, readonly: bool) -> ResultStore:
+    verb = "read" if readonly else "open"
+    try:
+        return ResultStore(path, readonly=readonly)
+    except FileNotFoundError:
+        raise _usage_error(f"cannot read database '{path}': no such file") from None
+    except (sqlite3.Error, OSError) as exc:
+        raise _usage_error(f"cannot {verb} database '{path}': {exc}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``synaprune bench``: train the missing seeds and print a summary.
+
+    Args:
+        args: Parsed arguments of :func:`add_bench_parser`.
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        UsageError: For bad problem or method names or options, bad counts, or a database
+            that cannot be opened.
+    """
+    if args.seeds < 1:
+        raise _usage_error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.steps < 0:
+        raise _usage_error(f"--steps must be >= 0, got {args.steps}")
+    if args.batch_seeds < 1:
+        raise _usage_error(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
+    problems = _problems(args.problem)
+    try:
+        methods: list[Method] = parse_method_list(",".join(args.method))
+        for problem in problems:
+            for method in methods:
+                check_compatible(problem, method)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    if args.threads < 1:
+        raise _usage_error(f"--threads must be >= 1, got {args.threads}")
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _bench(args, problems, methods, seeds)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench(args: argparse.Namespace, problems: list[Problem], methods: list[Method],
+           seeds: list[int]) -> int:
+    store = _open_store(args.db, readonly=False)
+    try:
+        total = len(problems) * len(methods) * len(seeds)
+        bar: Any = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
+        for problem in problems:
+            for method in methods:
+                done = len(store.done_seeds(problem, method, args.steps) & set(seeds))
+                if bar is not None:
+                    bar.set_description(f"{problem.name} {method.name}")
+                    bar.update(done)
+
+                def on_step(t: int, active: int) -> None:
+                    if bar is not None and t % 50 == 0:
+                        bar.set_postfix_str(f"step {t}/{args.steps}, {active} active")
+
+                sweep(problem, method, seeds, args.steps, store, batch_seeds=args.batch_seeds,
+                      on_step=on_step, on_batch=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        specs = {m.spec for m in methods}
+        rows = [r for r in store.rows([p.spec for p in problems])
+                if r["method"] in specs and r["budget"] == args.steps
+                and args.seed_start <= r["seed"] < args.seed_start + args.seeds]
+        print(format_summaries(summarize(rows), "table"))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Run ``synaprune results``: summarise a results database.
+
+    Args:
+        args: Parsed arguments of :func:`add_results_parser`.
+
+    Returns:
+        Exit status 0.
+
+    Raises:
+        UsageError: For an unreadable database, an unknown problem or a bad format.
+    """
+    if args.format not in FORMATS:
+        raise _usage_error(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
+    filters: list[str] = []
+    for spec in args.problem or []:
+        if ":" in spec:
+            filters.append(_problems([spec])[0].spec)
+        elif spec in list_problems():
+            filters.append(spec)
+        else:
+            raise _usage_error(f"Unknown problem '{spec}'; choose from: "
+                             f"{', '.join(list_problems())}")
+    store = _open_store(args.db, readonly=True)
+    try:
+        rows = store.rows(filters or None)
+    except sqlite3.Error as exc:
+        raise _usage_error(f"cannot read database '{args.db}': {exc}") from None
+    finally:
+        store.close()
+    text = format_summaries(summarize(rows), args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``bench`` on the main parser's subparsers.
+
+    Args:
+        subparsers: The object returned by ``parser.add_subparsers()``.
+
+    Returns:
+        The new subparser (its ``func`` default is :func:`cmd_bench`).
+    """
+    p = subparsers.add_parser(
+        "bench", help="train many seeds of problems x methods into a results database",
+        description="Train seeds 0..N-1 of each problem x method, vectorised over seeds, "
+                    "and store one row per run; finished runs are skipped on reruns.")
+    p.add_argument("--problem", action="append", required=True,
+                   help="problem spec, e.g. teacher-student:k=8 (repeat for several); "
+                        f"problems: {', '.join(list_problems())}")
+    p.add_argument("--method", action="append", required=True,
+                   help="comma-separated method specs, e.g. gd,adam:lr=0.01")
+    p.add_argument("--seeds", type=int, default=100, help="number of seeds (default 100)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--steps", type=int, default=1000, help="step budget per run (default 1000)")
+    p.add_argument("--batch-seeds", type=int, default=256,
+                   help="seeds trained together per batch (default 256)")
+    p.add_argument("--db", default="results.db", help="SQLite results file (default results.db)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads while training (default 1: the tensors of one "
+                        "step are small, and more threads were several times slower in "
+                        "docs/benchmarks-seed-batching.md)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``results`` on the main parser's subparsers.
+
+    Args:
+        subparsers: The object returned by ``parser.add_subparsers()``.
+
+    Returns:
+        The new subparser (its ``func`` default is :func:`cmd_results`).
+    """
+    p = subparsers.add_parser(
+        "results", help="summarise a results database",
+        description="Per problem: method, runs, success rate with a 95% Wilson interval, "
+                    "median final loss, median steps to success, time per run.")
+    p.add_argument("--db", default="results.db", help="SQLite results file (default results.db)")
+    p.add_argument("--problem", action="append",
+                   help="keep only this problem: a name or a full spec (repeatable)")
+    p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
+    p.set_defaults(func=cmd_results)
+    return p

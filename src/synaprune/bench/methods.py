@@ -1,0 +1,398 @@
+"""Registry of training methods for the lab: one small dataclass per method.
+
+Each method is a frozen dataclass whose fields are its options (with defaults) and whose
+:meth:`Method.make_optimizer` returns the ordinary optimizer (``torch.optim.SGD``,
+``torch.optim.Adam`` or :class:`synaprune.SynaPrune`). The same object drives the vectorised
+runner (one optimizer over stacked ``[S, ...]`` tensors) and a plain single-seed loop, so there
+is exactly one implementation of each method.
+
+Available methods:
+
+* ``gd``: full-batch gradient descent (``torch.optim.SGD``).
+* ``sgd``: minibatch SGD; per-seed minibatches (``batch_size`` examples, reshuffled every
+  epoch, last partial batch dropped) drawn from a generator seeded with the run's seed.
+* ``momentum``: heavy-ball SGD (torch's convention), full batch unless ``batch_size`` is set.
+* ``adam``: ``torch.optim.Adam``, full batch unless ``batch_size`` is set.
+* ``synaprune-a``: deterministic SynaPrune, mechanism A only (``aggregation`` ``blend`` or
+  ``rms`` from per-example gradient statistics, no weight noise); needs a per-example problem.
+
+Planned, not yet available (they need per-seed noise streams in the runner): ``perturbed-gd``,
+``gradient-noise``, ``sam``, ``synaprune-b``, ``synaprune-c``. Asking for one raises a
+``ValueError`` saying so. To add a method, subclass :class:`Method`, give it a ``name`` and
+option fields (each with ``metadata={"kind": ..., "help": ...}``), implement
+:meth:`Method.make_optimizer` and register it in ``_METHODS``.
+
+Spec strings: ``name`` or ``name:key=value,...``, e.g. ``adam:lr=0.01,betas=(0.9,0.99)``.
+Tuples are written in parentheses; ``none`` means None.
+
+Example:
+    >>> from synaprune.bench import get_method
+    >>> method = get_method("adam:lr=0.01")
+    >>> method.spec
+    'adam:batch_size=none,betas=(0.9,0.999),eps=1e-08,lr=0.01'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from synaprune.optim import SynaPrune
+
+__all__ = [
+    "PLANNED_METHODS",
+    "Adam",
+    "GradientDescent",
+    "Method",
+    "MinibatchSGD",
+    "Momentum",
+    "SynaPruneA",
+    "get_method",
+    "list_methods",
+    "parse_method_list",
+]
+
+PLANNED_METHODS = ("perturbed-gd", "gradient-noise", "sam", "synaprune-b", "synaprune-c")
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _opt(default: Any, kind: str, help: str) -> Any:
+    """A dataclass field carrying its option kind (``int``, ``float``, ``bool``, ``str``,
+    ``pair``; ``?`` suffix: may be None) and a one-line help."""
+    return field(default=default, metadata={"kind": kind, "help": help})
+
+
+@dataclass(frozen=True)
+class Method:
+    """Base class of the registered methods.
+
+    Attributes:
+        name: Registry name (class attribute).
+        per_example_stats: Whether the optimizer reads per-example gradient statistics
+            (``p.grad_sumsq``, ``p.grad_batch_size``, ``p.grad_reduction``) (class attribute).
+    """
+
+    name: ClassVar[str] = ""
+    per_example_stats: ClassVar[bool] = False
+
+    @property
+    def batch_size(self) -> int | None:
+        """Minibatch size, or None for the full batch (or an exact loss).
+
+        Methods with a ``batch_size`` option override this with their field.
+        """
+        return None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """All options, resolved, as a JSON-friendly dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec, ``name:key=value,...`` with every option, sorted by key."""
+        parts = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._fields())]
+        return f"{self.name}:{','.join(parts)}" if parts else self.name
+
+    @classmethod
+    def _fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls)}
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        """Build the ordinary optimizer for these parameters.
+
+        Args:
+            params: Parameters of one model, or stacked ``[S, ...]`` leaf tensors of S seeds
+                (every update is elementwise, so the stacked update equals S separate ones).
+
+        Returns:
+            A ``torch.optim.Optimizer``.
+        """
+        raise NotImplementedError
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "(" + ",".join(_format(v) for v in value) + ")"
+    return str(value)
+
+
+def _check_batch(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"Invalid batch_size: {batch_size}; must be >= 1 or none")
+
+
+def _check_lr(lr: float) -> None:
+    if not (math.isfinite(lr) and lr >= 0.0):
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+@dataclass(frozen=True)
+class GradientDescent(Method):
+    """``gd``: full-batch gradient descent, ``torch.optim.SGD(lr=lr)``."""
+
+    name: ClassVar[str] = "gd"
+    lr: float = _opt(0.1, "float", "step size")
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        return torch.optim.SGD(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class MinibatchSGD(Method):
+    """``sgd``: minibatch SGD, ``torch.optim.SGD(lr=lr)`` on per-seed minibatches."""
+
+    name: ClassVar[str] = "sgd"
+    lr: float = _opt(0.1, "float", "step size")
+    batch_size: int = _opt(32, "int", "examples per minibatch")  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        _check_batch(self.batch_size)
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        return torch.optim.SGD(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class Momentum(Method):
+    """``momentum``: ``torch.optim.SGD(lr, momentum, nesterov)`` (v <- mu v + g; p <- p - lr v)."""
+
+    name: ClassVar[str] = "momentum"
+    lr: float = _opt(0.05, "float", "step size")
+    momentum: float = _opt(0.9, "float", "momentum factor mu")
+    nesterov: bool = _opt(False, "bool", "Nesterov momentum")
+    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        _check_batch(self.batch_size)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"Invalid momentum value: {self.momentum}; must be in [0, 1)")
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                               nesterov=self.nesterov)
+
+
+@dataclass(frozen=True)
+class Adam(Method):
+    """``adam``: ``torch.optim.Adam(lr, betas, eps)``."""
+
+    name: ClassVar[str] = "adam"
+    lr: float = _opt(0.01, "float", "step size")
+    betas: tuple[float, float] = _opt((0.9, 0.999), "pair", "(beta1,beta2)")
+    eps: float = _opt(1e-8, "float", "denominator epsilon")
+    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        _check_batch(self.batch_size)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"Invalid betas: {self.betas}; each must be in [0, 1)")
+        if not self.eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {self.eps}")
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+
+
+@dataclass(frozen=True)
+class SynaPruneA(Method):
+    """``synaprune-a``: :class:`synaprune.SynaPrune` with mechanism A only (no noise).
+
+    ``aggregation="blend"`` uses d = gbar + blend * sign(gbar) * (r - |gbar|); ``"rms"`` is
+    blend = 1. Deterministic: the optimizer is built with ``noise=0`` and a fixed seed, so it
+    never draws from torch's global random state.
+    """
+
+    name: ClassVar[str] = "synaprune-a"
+    per_example_stats: ClassVar[bool] = True
+    lr: float = _opt(0.1, "float", "step size")
+    base: str = _opt("sgd", "str", "base update: sgd or adam")
+    momentum: float = _opt(0.0, "float", "momentum of the sgd base")
+    aggregation: str = _opt("blend", "str", "blend or rms")
+    blend: float = _opt(0.5, "float", "lam in [0, 1] for blend")
+    blend_schedule: str = _opt("constant", "str", "constant, linear or cosine decay of lam")
+    blend_steps: int | None = _opt(None, "int?", "length of the lam decay")
+    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        _check_batch(self.batch_size)
+        if self.aggregation not in ("blend", "rms"):
+            raise ValueError(f"Invalid aggregation: {self.aggregation!r}; choose blend or rms")
+        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)])
+
+    def make_optimizer(self, params: Iterable[Tensor]) -> Optimizer:
+        return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
+                         aggregation=self.aggregation, blend=self.blend,
+                         blend_schedule=self.blend_schedule, blend_steps=self.blend_steps,
+                         noise=0.0, seed=0, distributed=False)
+
+
+_METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (GradientDescent, MinibatchSGD, Momentum, Adam, SynaPruneA)
+}
+
+
+def list_methods() -> list[str]:
+    """Names of the available methods, sorted.
+
+    Returns:
+        ``["adam", "gd", "momentum", "sgd", "synaprune-a"]``.
+    """
+    return sorted(_METHODS)
+
+
+def _split_top(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses or brackets."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _convert(method: str, key: str, kind: str, text: str) -> Any:
+    optional = kind.endswith("?")
+    kind = kind.rstrip("?")
+    text = text.strip()
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false",
+                "str": "a word", "pair": "two numbers as (a,b)"}[kind]
+    bad = ValueError(f"Bad value {text!r} for option '{key}' of method '{method}': "
+                     f"expected {expected}{' or none' if optional else ''}")
+    if optional and text.lower() == "none":
+        return None
+    if kind == "int":
+        if not _INT.fullmatch(text):
+            raise bad
+        return int(text)
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise bad from None
+        if not math.isfinite(value):
+            raise bad
+        return value
+    if kind == "bool":
+        if text.lower() in ("true", "yes", "1"):
+            return True
+        if text.lower() in ("false", "no", "0"):
+            return False
+        raise bad
+    if kind == "pair":
+        inner = text[1:-1] if text[:1] in "([" and text[-1:] in ")]" else text
+        items = [s for s in re.split(r"[,;]", inner) if s.strip()]
+        if len(items) != 2:
+            raise bad
+        try:
+            return tuple(float(s) for s in items)
+        except ValueError:
+            raise bad from None
+    if not text:
+        raise bad
+    return text
+
+
+def get_method(spec: str | Method, **overrides: Any) -> Method:
+    """Build a method from a spec string such as ``"adam:lr=0.01,betas=(0.9,0.99)"``.
+
+    Args:
+        spec: ``name`` or ``name:key=value,...``; a :class:`Method` is returned as is
+            (with ``overrides`` applied).
+        **overrides: Option values given directly, taking precedence over the spec.
+
+    Returns:
+        The method, with all options resolved.
+
+    Raises:
+        ValueError: One line naming the choices, for an unknown method or option, a planned
+            but not yet available method, or a bad value.
+    """
+    if isinstance(spec, Method):
+        return dataclasses.replace(spec, **overrides) if overrides else spec
+    name, _, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name in PLANNED_METHODS:
+        raise ValueError(f"Method '{name}' is planned but not yet available (it needs per-seed "
+                         f"noise streams); available: {', '.join(list_methods())}")
+    if name not in _METHODS:
+        raise ValueError(f"Unknown method '{name}'; choose from: {', '.join(list_methods())}")
+    cls = _METHODS[name]
+    fields = cls._fields()
+    values: dict[str, Any] = {}
+    for item in _split_top(rest) if rest.strip() else []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"Bad option {item.strip()!r} for method '{name}': expected "
+                             f"key=value with key one of: {', '.join(sorted(fields))}")
+        if key not in fields:
+            raise ValueError(f"Unknown option '{key}' for method '{name}'; choose from: "
+                             f"{', '.join(sorted(fields))}")
+        values[key] = _convert(name, key, fields[key].metadata["kind"], text)
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"Unknown option '{key}' for method '{name}'; choose from: "
+                             f"{', '.join(sorted(fields))}")
+    values.update(overrides)
+    return cls(**values)
+
+
+def parse_method_list(text: str) -> list[Method]:
+    """Parse a comma-separated list of method specs, e.g. ``"gd,adam:lr=0.01,eps=1e-6"``.
+
+    A top-level comma starts a new method unless the piece after it is a ``key=value``
+    option (it has ``=`` and no ``:``), which belongs to the method before it.
+
+    Args:
+        text: The list as typed on the command line.
+
+    Returns:
+        The methods in order, without exact duplicates.
+
+    Raises:
+        ValueError: As for :func:`get_method`, or for an empty list.
+    """
+    specs: list[str] = []
+    for piece in _split_top(text):
+        head = piece.split("=", 1)[0]
+        if "=" in piece and ":" not in head and specs:
+            specs[-1] += "," + piece
+        elif piece.strip():
+            specs.append(piece)
+    if not specs:
+        raise ValueError(f"No method given; choose from: {', '.join(list_methods())}")
+    methods: list[Method] = []
+    for spec in specs:
+        method = get_method(spec)
+        if method.spec not in [m.spec for m in methods]:
+            methods.append(method)
+    return methods

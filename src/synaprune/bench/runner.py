@@ -1,0 +1,439 @@
+"""Train many seeds of one (problem, method) at once, vectorised over seeds.
+
+The S models of a batch become stacked leaf tensors of size [S, ...]
+(``torch.func.stack_module_state``); the loss of every seed is ``vmap`` of
+``problem.functional_loss``; the sum over seeds is back-propagated once, which gives each seed its
+own exact gradient; and ONE ordinary optimizer (``method.make_optimizer``) steps the stacked
+tensors. Every supported update is elementwise, so this equals S separate runs.
+
+A run's protocol, shared by :func:`run_seeds` and the plain single-model loop :func:`run_single`:
+at step t = 0, 1, ... the full-batch (or exact) training loss L_t at theta_t is evaluated; a
+non-finite L_t ends the run as ``diverged``; ``problem.solved(L_t)`` ends it as ``ok`` (success,
+``steps_to_success = t``); t == budget ends it as ``budget``; otherwise the gradient is taken
+(on the full batch, or on the seed's own minibatch) and the optimizer steps. ``steps`` is the
+number of optimizer steps taken and ``final_loss`` is L at the end.
+
+A seed that stopped is frozen: its gradient is zeroed and its parameters are restored after each
+step (a diverged seed's are replaced by zeros in the live tensors, so its NaN cannot reach any
+cross-seed computation); its result is taken at the moment it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad, stack_module_state, vmap
+
+from synaprune.bench.methods import Method
+from synaprune.probes import PerExampleGradStats
+from synaprune.problems import Problem
+
+__all__ = [
+    "MinibatchSampler",
+    "RunResult",
+    "check_compatible",
+    "curve_steps",
+    "run_seeds",
+    "run_single",
+]
+
+# Bound on the number of float64 per-example gradient entries held at once (128 MiB).
+_STATS_ELEMENTS = 2**24
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run (one seed of one problem and method).
+
+    Attributes:
+        seed: Model seed (also seeds the run's minibatch order).
+        status: ``"ok"`` (reached the global loss within tolerance), ``"diverged"`` (the loss
+            became NaN or infinite) or ``"budget"`` (ran out of steps).
+        success: ``status == "ok"``.
+        final_loss: Training loss at the end (NaN or inf when diverged).
+        best_loss: Lowest finite training loss seen (inf if none).
+        steps: Optimizer steps taken.
+        steps_to_success: Steps when the problem was solved, or None.
+        wall_time: Seconds; for a batch of S seeds, the batch's time divided by S.
+        curve: Downsampled ``[step, loss, grad_norm]`` triples (about ``curve_points`` of
+            them, always with the first and the last step); ``grad_norm`` is the norm of the
+            gradient taken at that step, None at the final point. Non-finite values are None.
+        params: Final parameters by name (float64, as ``named_parameters``).
+    """
+
+    seed: int
+    status: str
+    success: bool
+    final_loss: float
+    best_loss: float
+    steps: int
+    steps_to_success: int | None
+    wall_time: float
+    curve: list[list[float | None]] = field(repr=False)
+    params: dict[str, Tensor] = field(repr=False)
+
+
+class MinibatchSampler:
+    """Minibatch indices of one run, from a generator seeded with the run's seed only.
+
+    Each epoch is a fresh permutation of the N examples cut into ``N // batch_size`` batches
+    (the last partial batch is dropped), so every batch has exactly ``batch_size`` indices and
+    seed s's batches do not depend on which other seeds run alongside.
+
+    Args:
+        n: Number of training examples N.
+        batch_size: Examples per batch, 1 <= batch_size <= N.
+        seed: The run's seed.
+
+    Raises:
+        ValueError: If ``batch_size`` is not in [1, N].
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"Invalid batch_size: {batch_size}; must be in [1, {n}] "
+                             "(the number of training examples)")
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> Tensor:
+        """Indices of the next batch, int64 tensor of size [batch_size]."""
+        if self._pos + self.batch_size > self._perm.numel():
+            self._perm = torch.randperm(self.n, generator=self.generator)
+            self._pos = 0
+        out = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return out
+
+
+def check_compatible(problem: Problem, method: Method) -> None:
+    """Raise ValueError if ``method`` cannot train ``problem``.
+
+    Minibatches and per-example statistics need a problem with per-example losses.
+
+    Args:
+        problem: The problem.
+        method: The method.
+
+    Raises:
+        ValueError: One line saying why.
+    """
+    if problem.per_example:
+        data = problem.data("train")
+        assert data is not None
+        n = data[0].shape[0]
+        if method.batch_size is not None and method.batch_size > n:
+            raise ValueError(f"Method '{method.name}' has batch_size={method.batch_size} but "
+                             f"problem '{problem.spec}' has only {n} training examples")
+        return
+    if method.batch_size is not None:
+        raise ValueError(f"Method '{method.name}' uses minibatches but problem "
+                         f"'{problem.spec}' has an exact loss without data")
+    if method.per_example_stats:
+        raise ValueError(f"Method '{method.name}' needs per-example gradients but problem "
+                         f"'{problem.spec}' has an exact loss without per-example terms")
+
+
+def curve_steps(budget: int, points: int = 100) -> set[int]:
+    """Steps at which the loss curve is recorded: about ``points`` evenly spaced in [0, budget].
+
+    Args:
+        budget: Maximum number of steps.
+        points: Number of points (at least 2).
+
+    Returns:
+        A set of step indices, always holding 0 and ``budget``.
+    """
+    points = max(points, 2)
+    return {round(i * budget / (points - 1)) for i in range(points)}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _grad_norm(grads: Sequence[Tensor]) -> float:
+    return float(sum(g.square().sum() for g in grads).sqrt())  # type: ignore[union-attr]
+
+
+def run_single(
+    problem: Problem,
+    method: Method,
+    seed: int,
+    steps: int,
+    *,
+    curve_points: int = 100,
+) -> RunResult:
+    """Train one seed in an ordinary loop on ``problem.build_model(seed)``.
+
+    The reference that :func:`run_seeds` must reproduce, and the baseline of the seed-batching
+    benchmark. Per-example statistics (``synaprune-a``) come from
+    :class:`synaprune.PerExampleGradStats` hooks.
+
+    Args:
+        problem: The problem.
+        method: The method; ``method.make_optimizer(model.parameters())`` is stepped.
+        seed: Model seed (also the minibatch seed).
+        steps: Budget of optimizer steps (>= 0).
+        curve_points: Points of the downsampled curve.
+
+    Returns:
+        The run's :class:`RunResult`.
+
+    Raises:
+        ValueError: If the method cannot train the problem (see :func:`check_compatible`).
+    """
+    check_compatible(problem, method)
+    start = time.perf_counter()
+    model = problem.build_model(seed)
+    opt = method.make_optimizer(model.parameters())
+    probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
+    sampler = None
+    if method.batch_size is not None:
+        x_all, y_all = problem.data("train")  # type: ignore[misc]
+        sampler = MinibatchSampler(x_all.shape[0], method.batch_size, seed)
+    record = curve_steps(steps, curve_points)
+    curve: list[list[float | None]] = []
+    best = math.inf
+    status, t, loss_value = "budget", 0, math.nan
+    for t in range(steps + 1):
+        opt.zero_grad()
+        if sampler is None:
+            loss = problem.loss(model)
+        else:
+            with torch.no_grad():
+                if probe is not None:
+                    with probe.paused():
+                        loss = problem.loss(model)
+                else:
+                    loss = problem.loss(model)
+        loss_value = loss.item()
+        best = min(best, loss_value) if math.isfinite(loss_value) else best
+        point: list[float | None] = [t, _finite_or_none(loss_value), None]
+        if not math.isfinite(loss_value):
+            status = "diverged"
+        elif problem.solved(loss_value):
+            status = "ok"
+        elif t == steps:
+            status = "budget"
+        else:
+            status = ""
+        if status:
+            curve.append(point)
+            break
+        if sampler is not None:
+            idx = sampler.next()
+            loss = problem.loss(model, x_all[idx], y_all[idx])
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if t in record:
+            point[2] = _finite_or_none(_grad_norm(grads))
+            curve.append(point)
+        opt.step()
+    if probe is not None:
+        probe.remove()
+    return RunResult(
+        seed=seed, status=status, success=status == "ok", final_loss=loss_value,
+        best_loss=best, steps=t, steps_to_success=t if status == "ok" else None,
+        wall_time=time.perf_counter() - start, curve=curve,
+        params={k: v.detach().clone() for k, v in model.named_parameters()},
+    )
+
+
+def _per_example_sumsq(
+    problem: Problem,
+    base: torch.nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    batched_data: bool,
+) -> dict[str, Tensor]:
+    """sum_i g_i**2 per seed, size [S, ...] per parameter, per-example-loss convention.
+
+    ``x``/``y`` are [B, ...] shared by all seeds, or [S, B, ...] when ``batched_data``.
+    Examples are processed in chunks so that at most ``_STATS_ELEMENTS`` per-example gradient
+    entries exist at once.
+    """
+
+    def one_example(p: dict[str, Tensor], b: dict[str, Tensor], xi: Tensor,
+                    yi: Tensor) -> Tensor:
+        out = functional_call(base, (p, b), (xi.unsqueeze(0),))
+        return problem.per_example_loss_fn(out, yi.unsqueeze(0)).sum()
+
+    per_ex = vmap(grad(one_example), in_dims=(None, None, 0, 0))
+    dim = 0 if batched_data else None
+    per_seed_ex = vmap(per_ex, in_dims=(0, 0, dim, dim))
+    n_seeds = next(iter(params.values())).shape[0]
+    n_params = sum(v[0].numel() for v in params.values())
+    n_ex = x.shape[1] if batched_data else x.shape[0]
+    chunk = max(1, _STATS_ELEMENTS // max(1, n_seeds * n_params))
+    detached = {k: v.detach() for k, v in params.items()}
+    sums = {k: torch.zeros_like(v) for k, v in detached.items()}
+    for lo in range(0, n_ex, chunk):
+        xs = x[:, lo:lo + chunk] if batched_data else x[lo:lo + chunk]
+        ys = y[:, lo:lo + chunk] if batched_data else y[lo:lo + chunk]
+        g = per_seed_ex(detached, buffers, xs, ys)
+        for k in sums:
+            sums[k] += g[k].square().sum(dim=1)
+    return sums
+
+
+def run_seeds(
+    problem: Problem,
+    method: Method,
+    seeds: Sequence[int],
+    steps: int,
+    *,
+    curve_points: int = 100,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[RunResult]:
+    """Train the given seeds of one (problem, method) together, vectorised over seeds.
+
+    Seed s gets the same result (to rounding, ~1e-12 in float64) whatever the other seeds are,
+    and the same as :func:`run_single`.
+
+    Args:
+        problem: The problem.
+        method: The method; ONE ``method.make_optimizer`` steps the stacked [S, ...] tensors.
+        seeds: Model seeds, S >= 1 of them (distinct).
+        steps: Budget of optimizer steps per seed (>= 0).
+        curve_points: Points of each downsampled curve.
+        on_step: Called after each step as ``on_step(t, n_active)`` (e.g. a progress bar).
+
+    Returns:
+        One :class:`RunResult` per seed, in the order of ``seeds``.
+
+    Raises:
+        ValueError: If the method cannot train the problem, ``seeds`` is empty or has
+            duplicates, or ``steps < 0``.
+    """
+    check_compatible(problem, method)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("Invalid seeds: need at least one")
+    if len(set(seeds)) != len(seeds):
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ValueError(f"Invalid seeds: no duplicates allowed, got {repeated} more than once")
+    if steps < 0:
+        raise ValueError(f"Invalid steps: {steps}; must be >= 0")
+    start = time.perf_counter()
+    n = len(seeds)
+    models = [problem.build_model(s) for s in seeds]
+    names = [k for k, _ in models[0].named_parameters()]
+    params, buffers = stack_module_state(models)
+    params = {k: params[k] for k in names}
+    base = copy.deepcopy(models[0]).to("meta")
+    del models
+    opt = method.make_optimizer(list(params.values()))
+
+    def full_loss(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        return problem.functional_loss(base, p, b)
+
+    def batch_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return problem.functional_loss(base, p, b, x, y)
+
+    v_full = vmap(full_loss)
+    v_batch = vmap(batch_loss)
+    samplers: list[MinibatchSampler] = []
+    if problem.per_example:
+        x_all, y_all = problem.data("train")  # type: ignore[misc]
+    if method.batch_size is not None:
+        samplers = [MinibatchSampler(x_all.shape[0], method.batch_size, s) for s in seeds]
+
+    def view(mask: Tensor, like: Tensor) -> Tensor:
+        return mask.view(n, *([1] * (like.dim() - 1)))
+
+    record = curve_steps(steps, curve_points)
+    curves: list[list[list[float | None]]] = [[] for _ in seeds]
+    results: list[RunResult | None] = [None] * n
+    active = torch.ones(n, dtype=torch.bool)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    frozen = {k: torch.zeros_like(v) for k, v in params.items()}
+    for t in range(steps + 1):
+        if samplers:
+            with torch.no_grad():
+                full = v_full(params, buffers)
+        else:
+            losses = v_full(params, buffers)
+            full = losses.detach()
+        best = torch.fmin(best, torch.where(torch.isfinite(full), full, math.inf))
+        finite = torch.isfinite(full)
+        solved = finite & (full <= problem.global_loss + problem.tolerance)
+        stop = active & (~finite | solved | (t == steps))
+        idx_active = active.nonzero().flatten().tolist()
+        full_list = full.tolist()
+        if stop.any():
+            stop_idx = stop.nonzero().flatten().tolist()
+            finals = {k: v.detach()[stop] for k, v in params.items()}
+            for j, i in enumerate(stop_idx):
+                loss_i = full_list[i]
+                status = ("diverged" if not math.isfinite(loss_i)
+                          else "ok" if problem.solved(loss_i) else "budget")
+                curves[i].append([t, _finite_or_none(loss_i), None])
+                results[i] = RunResult(
+                    seed=seeds[i], status=status, success=status == "ok", final_loss=loss_i,
+                    best_loss=float(best[i]), steps=t,
+                    steps_to_success=t if status == "ok" else None, wall_time=0.0,
+                    curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
+                )
+            with torch.no_grad():
+                for k, v in params.items():
+                    frozen[k] = torch.where(view(stop, v), v.detach().nan_to_num(0.0, 0.0, 0.0),
+                                            frozen[k])
+            active = active & ~stop
+            idx_active = active.nonzero().flatten().tolist()
+        if not idx_active:
+            break
+        if samplers:
+            idx = torch.stack([s.next() for s in samplers])
+            losses = v_batch(params, buffers, x_all[idx], y_all[idx])
+        opt.zero_grad()
+        torch.where(active, losses, 0.0).sum().backward()
+        with torch.no_grad():
+            for v in params.values():
+                if v.grad is None:  # a parameter the loss does not use
+                    v.grad = torch.zeros_like(v)
+                v.grad.masked_fill_(~view(active, v), 0.0)
+            if method.per_example_stats:
+                if samplers:
+                    sumsq = _per_example_sumsq(problem, base, params, buffers, x_all[idx],
+                                               y_all[idx], batched_data=True)
+                    batch = method.batch_size
+                else:
+                    sumsq = _per_example_sumsq(problem, base, params, buffers, x_all, y_all,
+                                               batched_data=False)
+                    batch = x_all.shape[0]
+                for k, v in params.items():
+                    v.grad_sumsq = sumsq[k].masked_fill_(~view(active, v), 0.0)  # type: ignore[attr-defined]
+                    v.grad_batch_size = batch  # type: ignore[attr-defined]
+                    v.grad_reduction = "mean"  # type: ignore[attr-defined]
+            if t in record:
+                sq = sum(v.grad.reshape(n, -1).square().sum(1)  # type: ignore[union-attr]
+                         for v in params.values())
+                norms = sq.sqrt().tolist()  # type: ignore[union-attr]
+                for i in idx_active:
+                    curves[i].append([t, _finite_or_none(full_list[i]),
+                                      _finite_or_none(norms[i])])
+        opt.step()
+        if not bool(active.all()):
+            with torch.no_grad():
+                for k, v in params.items():
+                    v.copy_(torch.where(view(active, v), v, frozen[k]))
+        if on_step is not None:
+            on_step(t, len(idx_active))
+    elapsed = (time.perf_counter() - start) / n
+    out: list[RunResult] = []
+    for r in results:
+        assert r is not None
+        r.wall_time = elapsed
+        out.append(r)
+    return out

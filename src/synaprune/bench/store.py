@@ -1,0 +1,216 @@
+"""SQLite store of benchmark runs: one row per (problem spec, method spec, seed, budget).
+
+The database is in WAL mode. Rows of one batch are written in one transaction, so a process
+killed at any moment loses at most the batch in flight and never leaves half-written rows;
+the UNIQUE key (problem spec, method spec, seed, budget) makes reruns skip finished runs and
+rules out duplicates. Final parameters are stored as ``torch.save`` bytes of a dict of tensors
+and are only ever loaded back with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from synaprune.bench.methods import Method
+from synaprune.bench.runner import RunResult
+from synaprune.problems import Problem
+
+__all__ = ["RESULT_COLUMNS", "ResultStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    problem TEXT NOT NULL,            -- canonical problem spec
+    problem_name TEXT NOT NULL,
+    problem_params TEXT NOT NULL,     -- JSON of the resolved options
+    method TEXT NOT NULL,             -- canonical method spec
+    method_name TEXT NOT NULL,
+    method_options TEXT NOT NULL,     -- JSON of the resolved options
+    seed INTEGER NOT NULL,
+    budget INTEGER NOT NULL,          -- maximum optimizer steps
+    final_loss REAL,                  -- NULL when NaN
+    best_loss REAL,
+    steps INTEGER NOT NULL,
+    steps_to_success INTEGER,
+    wall_time REAL NOT NULL,          -- seconds per run
+    status TEXT NOT NULL CHECK (status IN ('ok', 'diverged', 'budget')),
+    success INTEGER NOT NULL,
+    curve TEXT NOT NULL,              -- JSON [[step, loss, grad_norm], ...]
+    params BLOB NOT NULL,             -- torch.save of {name: tensor}
+    created REAL NOT NULL,
+    UNIQUE (problem, method, seed, budget)
+)
+"""
+
+RESULT_COLUMNS = (
+    "problem", "problem_name", "problem_params", "method", "method_name", "method_options",
+    "seed", "budget", "final_loss", "best_loss", "steps", "steps_to_success", "wall_time",
+    "status", "success", "curve",
+)
+
+
+def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _real(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+class ResultStore:
+    """A results database (SQLite, WAL mode).
+
+    Args:
+        path: Database file; created with its table when missing (unless ``readonly``).
+        readonly: Open an existing database for reading only.
+
+    Raises:
+        sqlite3.Error: If the file cannot be opened or is not a results database.
+        FileNotFoundError: If ``readonly`` and the file does not exist.
+
+    Example:
+        >>> store = ResultStore(":memory:")
+        >>> store.count()
+        0
+    """
+
+    def __init__(self, path: str | Path = "results.db", *, readonly: bool = False) -> None:
+        self.path = str(path)
+        if readonly:
+            if not Path(self.path).is_file():
+                raise FileNotFoundError(f"No such database: {self.path}")
+            self.conn = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
+            self.conn.execute("SELECT count(*) FROM runs").fetchone()
+        else:
+            self.conn = sqlite3.connect(self.path, timeout=30.0)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            with self.conn:
+                self.conn.execute(_SCHEMA)
+        self.conn.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def count(self) -> int:
+        """Number of stored runs."""
+        return int(self.conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    def done_seeds(self, problem: Problem, method: Method, budget: int) -> set[int]:
+        """Seeds already stored for this (problem, method, budget).
+
+        Args:
+            problem: The problem (its canonical spec is the key).
+            method: The method (its canonical spec is the key).
+            budget: Step budget.
+
+        Returns:
+            The set of finished seeds.
+        """
+        rows = self.conn.execute(
+            "SELECT seed FROM runs WHERE problem = ? AND method = ? AND budget = ?",
+            (problem.spec, method.spec, budget),
+        )
+        return {int(r[0]) for r in rows}
+
+    def write(self, problem: Problem, method: Method, budget: int,
+              results: Iterable[RunResult]) -> int:
+        """Write the runs of one batch in a single transaction; already stored runs are kept.
+
+        Args:
+            problem: The problem.
+            method: The method.
+            budget: Step budget of the runs.
+            results: The batch's results.
+
+        Returns:
+            Number of rows inserted.
+        """
+        now = time.time()
+        problem_params = json.dumps(problem.options, sort_keys=True)
+        method_options = json.dumps(method.options, sort_keys=True)
+        rows = [
+            (problem.spec, problem.name, problem_params, method.spec, method.name,
+             method_options, r.seed, budget, _real(r.final_loss), _real(r.best_loss), r.steps,
+             r.steps_to_success, r.wall_time, r.status, int(r.success),
+             json.dumps(r.curve), _params_to_bytes(r.params), now)
+            for r in results
+        ]
+        with self.conn:
+            cursor = self.conn.executemany(
+                "INSERT OR IGNORE INTO runs (problem, problem_name, problem_params, method, "
+                "method_name, method_options, seed, budget, final_loss, best_loss, steps, "
+                "steps_to_success, wall_time, status, success, curve, params, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return cursor.rowcount
+
+    def rows(self, problems: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Stored runs as dicts (without parameters), ordered by problem, method, seed.
+
+        Args:
+            problems: Keep only these problems: a canonical spec, or a bare name (no ``:``)
+                matching every spec of that problem. None keeps all.
+
+        Returns:
+            One dict per run with the keys of :data:`RESULT_COLUMNS` plus ``id``;
+            ``problem_params``, ``method_options`` and ``curve`` decoded from JSON;
+            ``success`` a bool; a NULL ``final_loss`` (NaN) as ``nan``.
+        """
+        query = f"SELECT id, {', '.join(RESULT_COLUMNS)} FROM runs"
+        args: list[str] = []
+        if problems:
+            clauses = []
+            for p in problems:
+                clauses.append("problem = ?" if ":" in p else "problem_name = ?")
+                args.append(p)
+            query += " WHERE " + " OR ".join(clauses)
+        query += " ORDER BY problem, method, budget, seed"
+        out = []
+        for row in self.conn.execute(query, args):
+            d = dict(row)
+            for key in ("problem_params", "method_options", "curve"):
+                d[key] = json.loads(d[key])
+            d["success"] = bool(d["success"])
+            for key in ("final_loss", "best_loss"):
+                if d[key] is None:
+                    d[key] = math.nan
+            out.append(d)
+        return out
+
+    def load_params(self, run_id: int) -> dict[str, Tensor]:
+        """Final parameters of one run, loaded with ``torch.load(weights_only=True)``.
+
+        Args:
+            run_id: The row's ``id``.
+
+        Returns:
+            Parameter tensors by name.
+
+        Raises:
+            KeyError: If there is no such run.
+        """
+        row = self.conn.execute("SELECT params FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"No run with id {run_id}")
+        return torch.load(io.BytesIO(row[0]), weights_only=True)

@@ -1,0 +1,135 @@
+"""The bench and results subcommands, called through their parsers."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from synaprune.bench import ResultStore, add_bench_parser, add_results_parser
+from synaprune.bench.__main__ import main as bench_main
+from synaprune.cli import UsageError
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="synaprune")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(sub)
+    add_results_parser(sub)
+    return parser.parse_args(argv)
+
+
+def _run(argv: list[str]) -> int:
+    args = _parse(argv)
+    return args.func(args)
+
+
+BENCH = ["bench", "--problem", "teacher-student:k=4", "--method", "gd,adam:lr=0.05",
+         "--seeds", "6", "--steps", "110", "--batch-seeds", "4", "--quiet"]
+
+
+def test_bench_writes_runs_and_prints_summary(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "r.db")
+    assert _run([*BENCH, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "problem: teacher-student:N=2000,d=4,exact=True,k=4,n=4" in out
+    assert "gd:lr=0.1" in out and "adam:batch_size=none" in out
+    with ResultStore(db) as store:
+        rows = store.rows()
+        assert len(rows) == 12
+        assert sorted({r["method_name"] for r in rows}) == ["adam", "gd"]
+        created = sorted(r["id"] for r in rows)
+    # rerun: nothing new, same ids
+    assert _run([*BENCH, "--db", db, "--seeds", "6"]) == 0
+    with ResultStore(db) as store:
+        assert sorted(r["id"] for r in store.rows()) == created
+
+
+def test_results_formats(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "r.db")
+    _run([*BENCH, "--db", db])
+    capsys.readouterr()
+    assert _run(["results", "--db", db]) == 0
+    table = capsys.readouterr().out
+    assert table.count("problem: ") == 1 and "95% CI" in table
+
+    _run(["results", "--db", db, "--format", "csv"])
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["method"].split(":")[0] for r in records] == ["adam", "gd"]
+    assert all(r["runs"] == "6" for r in records)
+
+    _run(["results", "--db", db, "--format", "json", "--problem", "teacher-student:k=4"])
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 2 and {d["budget"] for d in data} == {110}
+    adam = next(d for d in data if d["method"].startswith("adam"))
+    with ResultStore(db) as store:
+        wins = sum(r["success"] for r in store.rows() if r["method_name"] == "adam")
+    assert adam["successes"] == wins
+
+    _run(["results", "--db", db, "--format", "json", "--problem", "teacher-student:k=5"])
+    assert json.loads(capsys.readouterr().out) == []
+    _run(["results", "--db", db, "--format", "json", "--problem", "xor"])
+    assert json.loads(capsys.readouterr().out) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--problem", "nope", "--method", "gd"], "Unknown problem 'nope'"),
+        (["--problem", "xor:wide=3", "--method", "gd"], "wide"),
+        (["--problem", "xor", "--method", "gd,rmsprop"], "Unknown method 'rmsprop'"),
+        (["--problem", "xor", "--method", "adam:lr=fast"], "Bad value 'fast'"),
+        (["--problem", "xor", "--method", "adam:beta=0.9"], "Unknown option 'beta'"),
+        (["--problem", "xor", "--method", "sam"], "not yet available"),
+        (["--problem", "teacher-student", "--method", "sgd"], "minibatches"),
+        (["--problem", "xor", "--method", "gd", "--seeds", "0"], "--seeds"),
+        (["--problem", "xor", "--method", "gd", "--steps", "-1"], "--steps"),
+        (["--problem", "xor", "--method", "gd", "--batch-seeds", "0"], "--batch-seeds"),
+        (["--problem", "xor", "--method", "gd", "--threads", "0"], "--threads"),
+    ],
+)
+def test_bench_bad_input_raises_usage_error(tmp_path: Path, extra: list[str],
+                                            match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        _run(["bench", "--db", str(tmp_path / "r.db"), "--quiet", *extra])
+    assert not (tmp_path / "r.db").exists()  # refused before touching the database
+
+
+def test_results_bad_input_raises_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no such file"):
+        _run(["results", "--db", str(tmp_path / "missing.db")])
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all " * 200)
+    with pytest.raises(UsageError, match="cannot read database"):
+        _run(["results", "--db", str(junk)])
+    db = str(tmp_path / "r.db")
+    ResultStore(db).close()
+    with pytest.raises(UsageError, match="Unknown problem 'nope'"):
+        _run(["results", "--db", db, "--problem", "nope"])
+    with pytest.raises(UsageError, match="unknown format 'xml'"):
+        _run(["results", "--db", db, "--format", "xml"])
+
+
+def test_bench_into_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot open database"):
+        _run(["bench", "--problem", "xor", "--method", "gd", "--quiet",
+              "--db", str(tmp_path / "no" / "such" / "dir.db")])
+
+
+def test_module_entry_point_prints_one_line_and_exits_2(tmp_path: Path, capsys) -> None:
+    assert bench_main(["results", "--db", str(tmp_path / "missing.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("synaprune results: error: ") and err.count("\n") == 1
+
+
+def test_bench_progress_bar_goes_to_stderr(tmp_path: Path, capsys) -> None:
+    argv = ["bench", "--problem", "xor", "--method", "gd", "--seeds", "3", "--steps", "5",
+            "--db", str(tmp_path / "r.db")]
+    assert _run(argv) == 0
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err  # tqdm's final count
+    assert "problem: xor:hidden=2" in captured.out and "3/3" not in captured.out

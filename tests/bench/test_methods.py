@@ -1,0 +1,89 @@
+"""The method registry: spec strings, errors, and the optimizers it builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import synaprune.bench as bench
+from synaprune import SynaPrune
+from synaprune.bench import PLANNED_METHODS, get_method, list_methods, parse_method_list
+
+
+def test_public_names_import() -> None:
+    for name in bench.__all__:
+        assert getattr(bench, name) is not None
+    assert callable(bench.add_bench_parser) and callable(bench.add_results_parser)
+
+
+def test_list_methods() -> None:
+    assert list_methods() == ["adam", "gd", "momentum", "sgd", "synaprune-a"]
+
+
+@pytest.mark.parametrize("name", ["adam", "gd", "momentum", "sgd", "synaprune-a"])
+def test_spec_round_trip(name: str) -> None:
+    method = get_method(name)
+    assert method.name == name
+    assert get_method(method.spec) == method
+    assert method.spec.startswith(name + ":")
+
+
+def test_overrides_and_tuple_option() -> None:
+    method = get_method("adam:lr=0.01,betas=(0.8,0.99)")
+    assert (method.lr, method.betas, method.eps) == (0.01, (0.8, 0.99), 1e-8)
+    assert method.spec == "adam:batch_size=none,betas=(0.8,0.99),eps=1e-08,lr=0.01"
+    assert get_method("sgd:batch_size=4").batch_size == 4
+    assert get_method("gd").batch_size is None
+    assert get_method("momentum:nesterov=true").nesterov is True
+    assert get_method("adam", lr=0.5).lr == 0.5
+
+
+def test_method_list_keeps_options_with_their_method() -> None:
+    methods = parse_method_list("gd,adam:lr=0.01,betas=(0.9,0.99),eps=1e-6,sgd:batch_size=2")
+    assert [m.name for m in methods] == ["gd", "adam", "sgd"]
+    assert methods[1].eps == 1e-6 and methods[1].betas == (0.9, 0.99)
+    assert methods[2].batch_size == 2
+    assert len(parse_method_list("gd,gd:lr=0.1")) == 1  # same canonical spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("nope", ["Unknown method 'nope'", "adam, gd, momentum, sgd, synaprune-a"]),
+        ("adam:foo=1", ["Unknown option 'foo'", "batch_size, betas, eps, lr"]),
+        ("adam:lr=fast", ["Bad value 'fast'", "'lr'"]),
+        ("adam:lr", ["Bad option 'lr'"]),
+        ("adam:betas=(0.9)", ["Bad value", "'betas'"]),
+        ("sgd:batch_size=2.5", ["Bad value", "integer"]),
+        ("sgd:batch_size=0", ["Invalid batch_size"]),
+        ("gd:lr=-1", ["Invalid learning rate"]),
+        ("synaprune-a:aggregation=mean", ["Invalid aggregation"]),
+        ("synaprune-a:blend=2", ["Invalid blend"]),
+    ],
+)
+def test_bad_specs_give_one_line_errors(spec: str, words: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        get_method(spec)
+    message = str(info.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("name", PLANNED_METHODS)
+def test_planned_methods_are_refused_clearly(name: str) -> None:
+    with pytest.raises(ValueError, match="not yet available"):
+        get_method(name)
+
+
+def test_make_optimizer_builds_the_ordinary_optimizers() -> None:
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    gd = get_method("gd:lr=0.3").make_optimizer([p])
+    assert type(gd) is torch.optim.SGD and gd.param_groups[0]["lr"] == 0.3
+    mom = get_method("momentum:momentum=0.8,nesterov=true").make_optimizer([p])
+    assert mom.param_groups[0]["momentum"] == 0.8 and mom.param_groups[0]["nesterov"]
+    adam = get_method("adam:betas=(0.5,0.6)").make_optimizer([p])
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["betas"] == (0.5, 0.6)
+    sp = get_method("synaprune-a:aggregation=rms").make_optimizer([p])
+    assert type(sp) is SynaPrune
+    assert sp.param_groups[0]["aggregation"] == "rms" and sp.param_groups[0]["noise"] == 0.0

@@ -1,0 +1,208 @@
+"""The vectorised runner against the plain single-model loop, and batch-size invariance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from synaprune import PerExampleGradStats, SynaPrune
+from synaprune.bench import MinibatchSampler, check_compatible, get_method, run_seeds, run_single
+from synaprune.bench.runner import curve_steps
+from synaprune.problems import Problem, get_problem, list_problems
+
+# (problem, method, steps): every method, on exact and per-example problems, full batch and
+# minibatch, with and without per-example statistics.
+CASES = [
+    ("teacher-student:k=4", "gd:lr=0.5", 60),
+    ("teacher-student:k=4", "momentum:lr=0.05", 60),
+    ("teacher-student:k=4", "adam:lr=0.05", 110),  # some seeds succeed, some do not
+    ("xor:hidden=3", "gd:lr=5", 300),  # some seeds succeed
+    ("xor", "adam:lr=0.05,batch_size=2", 60),
+    ("spirals:N=40", "sgd:batch_size=8,lr=0.5", 60),
+    ("xor", "synaprune-a:lr=0.5,aggregation=rms", 60),
+    ("spirals:N=40", "synaprune-a:batch_size=8,blend=0.5,momentum=0.9", 40),
+    ("xor:hidden=3", "synaprune-a:lr=2,blend=1,blend_schedule=linear,blend_steps=30", 50),
+]
+IDS = [f"{p}|{m}" for p, m, _ in CASES]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize(("problem_spec", "method_spec", "steps"), CASES, ids=IDS)
+def test_batched_equals_plain_loop(problem_spec: str, method_spec: str, steps: int) -> None:
+    problem, method = get_problem(problem_spec), get_method(method_spec)
+    seeds = [0, 1, 2, 3, 4, 5]
+    batched = run_seeds(problem, method, seeds, steps)
+    for seed in (1, 4):
+        ref = run_single(problem, method, seed, steps)
+        got = batched[seeds.index(seed)]
+        assert got.seed == seed
+        assert (got.status, got.steps, got.steps_to_success) == (
+            ref.status, ref.steps, ref.steps_to_success)
+        assert _max_diff(got.params, ref.params) <= 1e-10
+        assert got.final_loss == pytest.approx(ref.final_loss, abs=1e-10)
+        assert got.best_loss == pytest.approx(ref.best_loss, abs=1e-10)
+        assert [p[0] for p in got.curve] == [p[0] for p in ref.curve]
+        for (_, la, ga), (_, lb, gb) in zip(got.curve, ref.curve, strict=True):
+            assert la == pytest.approx(lb, abs=1e-10)
+            assert (ga is None) == (gb is None)
+            if ga is not None:
+                assert ga == pytest.approx(gb, abs=1e-10)
+    # The trajectory really moved: a runner that did nothing would fail the comparison.
+    start = problem.build_model(1)
+    assert _max_diff(batched[1].params, dict(start.named_parameters())) > 1e-6
+
+
+HAND = [
+    ("teacher-student:k=4", "gd:lr=0.3", lambda ps: torch.optim.SGD(ps, lr=0.3)),
+    ("teacher-student:k=4", "momentum:lr=0.05,momentum=0.8",
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8)),
+    ("teacher-student:k=4", "adam:lr=0.02", lambda ps: torch.optim.Adam(ps, lr=0.02)),
+    ("xor", "sgd:batch_size=2,lr=0.5", lambda ps: torch.optim.SGD(ps, lr=0.5)),
+    ("xor", "synaprune-a:aggregation=rms,lr=0.5",
+     lambda ps: SynaPrune(ps, lr=0.5, aggregation="rms", seed=0)),
+]
+
+
+@pytest.mark.parametrize(("problem_spec", "method_spec", "make"), HAND,
+                         ids=[m for _, m, _ in HAND])
+def test_batched_equals_hand_written_torch_loop(problem_spec: str, method_spec: str,
+                                                make) -> None:
+    """Each method equals its ordinary optimizer, built by hand, on build_model(seed) alone."""
+    problem, method = get_problem(problem_spec), get_method(method_spec)
+    steps, seeds = 30, [2, 5, 9]
+    batched = run_seeds(problem, method, seeds, steps)
+    for seed, got in zip(seeds, batched, strict=True):
+        assert got.status == "budget" and got.steps == steps
+        model = problem.build_model(seed)
+        opt = make(list(model.parameters()))
+        probe = PerExampleGradStats(model) if method.per_example_stats else None
+        sampler = (MinibatchSampler(4, method.batch_size, seed)
+                   if method.batch_size is not None else None)
+        x, y = problem.data() if problem.per_example else (None, None)
+        for _ in range(steps):
+            opt.zero_grad()
+            if sampler is None:
+                loss = problem.loss(model)
+            else:
+                idx = sampler.next()
+                loss = problem.loss(model, x[idx], y[idx])
+            loss.backward()
+            opt.step()
+        if probe is not None:
+            probe.remove()
+        assert _max_diff(got.params, dict(model.named_parameters())) <= 1e-10
+        assert got.final_loss == pytest.approx(problem.loss(model).item(), abs=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("problem_spec", "method_spec", "steps"),
+    [("teacher-student:k=4", "adam:lr=0.05", 110), ("xor", "sgd:batch_size=2,lr=2", 80)],
+)
+def test_seed_result_does_not_depend_on_the_batch(problem_spec: str, method_spec: str,
+                                                  steps: int) -> None:
+    problem, method = get_problem(problem_spec), get_method(method_spec)
+    many = run_seeds(problem, method, list(range(64)), steps)
+    for seed in (0, 7, 63):
+        alone = run_seeds(problem, method, [seed], steps)[0]
+        assert (alone.status, alone.steps) == (many[seed].status, many[seed].steps)
+        assert _max_diff(alone.params, many[seed].params) <= 1e-12
+    # seeds are genuinely different runs
+    assert _max_diff(many[0].params, many[7].params) > 1e-3
+
+
+def test_success_stops_and_freezes_the_seed() -> None:
+    problem, method = get_problem("teacher-student:k=4"), get_method("adam:lr=0.05")
+    results = run_seeds(problem, method, list(range(16)), 110)
+    statuses = {r.status for r in results}
+    assert statuses == {"ok", "budget"}
+    for r in results:
+        if r.status == "ok":
+            assert r.success and r.steps_to_success == r.steps < 110
+            assert problem.solved(r.final_loss)
+            model = problem.build_model(r.seed)
+            model.load_state_dict(r.params, strict=False)
+            assert problem.loss(model).item() == pytest.approx(r.final_loss, abs=1e-12)
+        else:
+            assert not r.success and r.steps == 110 and r.steps_to_success is None
+            assert not problem.solved(r.final_loss)
+        assert r.best_loss <= r.final_loss
+        assert r.wall_time > 0
+
+
+def test_divergence_is_isolated(quartic: Problem) -> None:
+    method = get_method("gd:lr=1.0")
+    seeds = list(range(24))
+    results = run_seeds(quartic, method, seeds, 200)
+    statuses = [r.status for r in results]
+    assert "diverged" in statuses and "ok" in statuses
+    for r in results:
+        w0 = quartic.build_model(r.seed).w.detach()
+        if r.status == "diverged":
+            assert not math.isfinite(r.final_loss) and not r.success
+            assert w0.abs().max() > math.sqrt(2) - 1e-9
+        else:
+            assert math.isfinite(r.final_loss)
+            assert torch.isfinite(r.params["w"]).all()
+            ref = run_single(quartic, method, r.seed, 200)
+            assert (ref.status, ref.steps) == (r.status, r.steps)
+            assert _max_diff(ref.params, r.params) <= 1e-12
+
+
+def test_curve_is_downsampled_with_first_and_last_step() -> None:
+    problem = get_problem("teacher-student:k=4")
+    r = run_seeds(problem, get_method("gd:lr=0.01"), [0], 500, curve_points=20)[0]
+    steps = [p[0] for p in r.curve]
+    assert steps[0] == 0 and steps[-1] == 500 and len(steps) == 20
+    assert steps == sorted(curve_steps(500, 20))
+    assert r.curve[-1][2] is None and all(p[2] > 0 for p in r.curve[:-1])
+    assert r.curve[-1][1] == r.final_loss
+    assert r.curve[0][1] == pytest.approx(problem.loss(problem.build_model(0)).item())
+
+
+def test_minibatch_sampler_epochs_are_permutations() -> None:
+    sampler = MinibatchSampler(10, 3, seed=5)
+    epoch = torch.cat([sampler.next() for _ in range(3)])
+    assert epoch.unique().numel() == 9  # 3 batches of 3, last partial batch dropped
+    again = MinibatchSampler(10, 3, seed=5)
+    assert torch.equal(torch.cat([again.next() for _ in range(3)]), epoch)
+    assert not torch.equal(MinibatchSampler(10, 3, seed=6).next(), epoch[:3])
+    with pytest.raises(ValueError, match="batch_size"):
+        MinibatchSampler(10, 11, seed=0)
+
+
+def test_incompatible_combinations_are_refused() -> None:
+    exact = get_problem("teacher-student:k=4")
+    with pytest.raises(ValueError, match="minibatches"):
+        check_compatible(exact, get_method("sgd"))
+    with pytest.raises(ValueError, match="per-example"):
+        run_seeds(exact, get_method("synaprune-a"), [0], 3)
+    with pytest.raises(ValueError, match="only 4 training examples"):
+        check_compatible(get_problem("xor"), get_method("sgd:batch_size=5"))
+    with pytest.raises(ValueError, match=r"no duplicates allowed, got \[1\]"):
+        run_seeds(exact, get_method("gd"), [1, 2, 1], 3)
+    with pytest.raises(ValueError, match="at least one"):
+        run_seeds(exact, get_method("gd"), [], 3)
+    with pytest.raises(ValueError, match="steps"):
+        run_seeds(exact, get_method("gd"), [0], -1)
+
+
+@pytest.mark.parametrize("name", list_problems())
+def test_every_registered_problem_runs_batched(name: str) -> None:
+    """vmap compatibility of every problem, with and without per-example statistics."""
+    problem = get_problem(name)
+    specs = ["gd:lr=0.01"]
+    if problem.per_example:
+        specs.append("synaprune-a:lr=0.01,batch_size=4")
+    for spec in specs:
+        method = get_method(spec)
+        got = run_seeds(problem, method, [0, 1], 3)[1]
+        ref = run_single(problem, method, 1, 3)
+        assert got.steps == ref.steps == 3
+        assert _max_diff(got.params, ref.params) <= 1e-10
+        assert _max_diff(got.params, dict(problem.build_model(1).named_parameters())) > 0
