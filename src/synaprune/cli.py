@@ -1,6 +1,8 @@
 """The ``synaprune`` command line.
 
     synaprune demo                 # plain SGD against SynaPrune on a net that GD leaves stuck
+    synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
+    synaprune results --db results.db --format table
 
 Bad input gives one line on standard error and exit status 2, never a traceback.
 """
@@ -35,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", default="out/demo.png",
                       help="where to save the loss curves (PNG); '' for none")
     demo.set_defaults(func=_cmd_demo)
+
+    from synaprune.bench.cli import add_bench_parser, add_results_parser
+
+    add_bench_parser(sub)
+    add_results_parser(sub)
     return parser
 
 
