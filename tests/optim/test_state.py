@@ -61,4 +61,4 @@ def test_resume_from_state_dict_gives_identical_trajectory(options):
     for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
     assert opt2.steps == opt.steps == 40
-    assert opt2.trigger.state() == opt.trigger.state()
+    assert [t.state() for t in opt2.triggers] == [t.state() for t in opt.triggers]

@@ -14,7 +14,7 @@ data gradient when aggregating.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -71,6 +71,10 @@ class SynaPrune(Optimizer):
             ``stall_threshold`` for ``stall_steps`` steps, then wait ``noise_cooldown`` steps.
         generator: ``torch.Generator`` for the noise; or give ``seed``. Without either, a seed is
             drawn from torch's global generator, so ``torch.manual_seed`` makes runs repeatable.
+            A sequence of S generators switches on *stacked* mode, for training S independent
+            models at once (the lab's seed batching): dim 0 of every parameter indexes the
+            models; gradient norms and stall triggers are per model, and model s draws its noise
+            from generator s exactly as a single model with that generator would.
         distributed: sum per-example statistics over ``torch.distributed`` ranks before
             aggregating. ``None`` means: when a process group is initialised. Gradients
             themselves are expected to be averaged already (as DistributedDataParallel does),
@@ -116,7 +120,7 @@ class SynaPrune(Optimizer):
         stall_threshold: float = 1e-3,
         stall_steps: int = 10,
         noise_cooldown: int = 50,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | None = None,
         distributed: bool | None = None,
     ) -> None:
@@ -181,12 +185,28 @@ class SynaPrune(Optimizer):
             noise_clip=noise_clip,
         )
         super().__init__(params, defaults)
-        self.trigger = StallTrigger(noise_trigger, stall_threshold, stall_steps, noise_cooldown)
         if generator is None:
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             generator = torch.Generator().manual_seed(seed)
-        self.generator = generator
+        if isinstance(generator, torch.Generator):
+            self.num_models: int | None = None
+            generators = [generator]
+        else:
+            generators = list(generator)
+            if not generators or not all(isinstance(g, torch.Generator) for g in generators):
+                raise ValueError("Invalid generator: expected a torch.Generator or a non-empty "
+                                 "sequence of them (one per stacked model)")
+            self.num_models = len(generators)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.dim() == 0 or p.shape[0] != self.num_models:
+                        raise ValueError(
+                            f"Invalid generator: {self.num_models} generators mean stacked "
+                            f"models along dim 0, but a parameter has shape {tuple(p.shape)}")
+        self.generators = generators
+        self.triggers = [StallTrigger(noise_trigger, stall_threshold, stall_steps,
+                                      noise_cooldown) for _ in generators]
         self.distributed = distributed
         self.steps = 0  # steps taken; the schedules' t
 
@@ -196,8 +216,8 @@ class SynaPrune(Optimizer):
         sd = super().state_dict()
         sd["synaprune"] = {
             "steps": self.steps,
-            "trigger": self.trigger.state(),
-            "generator": self.generator.get_state(),
+            "trigger": [t.state() for t in self.triggers],
+            "generator": [g.get_state() for g in self.generators],
         }
         return sd
 
@@ -207,8 +227,13 @@ class SynaPrune(Optimizer):
         super().load_state_dict(state_dict)
         if extra is not None:
             self.steps = int(extra["steps"])
-            self.trigger.load(extra["trigger"])
-            self.generator.set_state(extra["generator"])
+            if len(extra["generator"]) != len(self.generators):
+                raise ValueError(f"state_dict has noise state for {len(extra['generator'])} "
+                                 f"models; this optimizer has {len(self.generators)}")
+            for t, state in zip(self.triggers, extra["trigger"], strict=True):
+                t.load(state)
+            for g, state in zip(self.generators, extra["generator"], strict=True):
+                g.set_state(state)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear gradients and the per-example statistics accumulated on the parameters."""
@@ -233,6 +258,16 @@ class SynaPrune(Optimizer):
             offset += s.numel()
         for i, p in enumerate(params):
             p.grad_batch_size = round(flat[offset + i].item())  # type: ignore[attr-defined]
+
+    def _kicks(self) -> list[bool]:
+        """Advance each model's trigger by this step's gradient norm; whether each kicks now."""
+        if self.triggers[0].mode == "always":
+            return [t(math.inf) for t in self.triggers]
+        sq = [p.grad.pow(2).reshape(self.num_models or 1, -1).sum(1)
+              for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms = (torch.stack(sq).sum(0).sqrt().tolist() if sq
+                 else [0.0] * len(self.triggers))
+        return [t(n) for t, n in zip(self.triggers, norms, strict=True)]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -264,16 +299,7 @@ class SynaPrune(Optimizer):
         if use_dist and needs_stats and dist.get_world_size() > 1:
             self._reduce_stats(needs_stats)
 
-        kick = False
-        if any(g["noise"] > 0 for g in self.param_groups):
-            if self.trigger.mode == "stall":
-                sq = [p.grad.pow(2).sum() for g in self.param_groups for p in g["params"]
-                      if p.grad is not None]
-                grad_norm = float(torch.stack(sq).sum().sqrt()) if sq else 0.0
-            else:
-                grad_norm = math.inf
-            kick = self.trigger(grad_norm)
-
+        kicks = self._kicks() if any(g["noise"] > 0 for g in self.param_groups) else []
         for group in self.param_groups:
             lam = 0.0
             if group["aggregation"] != "mean":
@@ -299,12 +325,16 @@ class SynaPrune(Optimizer):
                     adam_update(p, d, state, lr=group["lr"], betas=group["betas"],
                                 eps=group["eps"], weight_decay=group["weight_decay"],
                                 amsgrad=group["amsgrad"])
-            if kick and group["noise"] > 0:
+            if any(kicks) and group["noise"] > 0:
                 sigma = noise_scale(group["noise"], t, schedule=group["noise_schedule"],
                                     decay=group["noise_decay"], gamma=group["noise_gamma"])
                 for p in group["params"]:
-                    if p.grad is not None:
-                        add_weight_noise(p, sigma, eps0=group["noise_eps"],
-                                         clip=group["noise_clip"], generator=self.generator)
+                    if p.grad is None:
+                        continue
+                    for m, (kick, gen) in enumerate(zip(kicks, self.generators, strict=True)):
+                        if kick:
+                            add_weight_noise(p if self.num_models is None else p[m], sigma,
+                                             eps0=group["noise_eps"], clip=group["noise_clip"],
+                                             generator=gen)
         self.steps += 1
         return loss
