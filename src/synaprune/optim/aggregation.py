@@ -54,11 +54,15 @@ def aggregate(
     if lam == 0.0:
         return grad
     scale = 1.0 if reduction == "mean" else float(batch_size)
-    rms = sum_sq.div(batch_size).sqrt_().mul_(scale)
-    data = grad if extra is None else grad - extra
-    # lam * (sign(gd) * R - gd), written to reuse the rms buffer.
-    correction = rms.mul_(torch.sign(data)).sub_(data).mul_(lam)
-    return correction.add_(grad)
+    # lam * R = sqrt(sum_sq * lam^2 * scale^2 / B): one multiply and one sqrt over the tensor.
+    lam_rms = torch.mul(sum_sq, lam * lam * scale * scale / batch_size).sqrt_()
+    if extra is None:
+        # d = (1 - lam) * g + sign(g) * lam * R
+        lam_rms.mul_(torch.sign(grad))
+        return lam_rms if lam == 1.0 else lam_rms.add_(grad, alpha=1.0 - lam)
+    data = grad - extra
+    # d = grad - lam * gd + sign(gd) * lam * R
+    return lam_rms.mul_(torch.sign(data)).add_(grad).add_(data, alpha=-lam)
 
 
 def cancellation(grad_mean: Tensor, sum_sq: Tensor, batch_size: int) -> Tensor:
