@@ -15,11 +15,11 @@ demo: $(STAMP)
 	$(VENV)/bin/synaprune demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_cost.py

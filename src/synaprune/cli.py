@@ -3,6 +3,7 @@
     synaprune demo                 # plain SGD against SynaPrune on a net that GD leaves stuck
     synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
     synaprune results --db results.db --format table
+    synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
 
 Bad input gives one line on standard error and exit status 2, never a traceback.
 """
@@ -39,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     from synaprune.bench.cli import add_bench_parser, add_results_parser
+    from synaprune.diagnose.cli import add_diagnose_parser
 
     add_bench_parser(sub)
     add_results_parser(sub)
+    add_diagnose_parser(sub)
     return parser
 
 

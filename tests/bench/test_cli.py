@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from synaprune.bench import ResultStore, add_bench_parser, add_results_parser
-from synaprune.bench.__main__ import main as bench_main
 from synaprune.cli import UsageError
+from synaprune.cli import main as bench_main
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -84,7 +84,7 @@ def test_results_formats(tmp_path: Path, capsys) -> None:
         (["--problem", "xor", "--method", "gd,rmsprop"], "Unknown method 'rmsprop'"),
         (["--problem", "xor", "--method", "adam:lr=fast"], "Bad value 'fast'"),
         (["--problem", "xor", "--method", "adam:beta=0.9"], "Unknown option 'beta'"),
-        (["--problem", "xor", "--method", "sam"], "not yet available"),
+        (["--problem", "teacher-student", "--method", "synaprune-c"], "hidden activations"),
         (["--problem", "teacher-student", "--method", "sgd"], "minibatches"),
         (["--problem", "xor", "--method", "gd", "--seeds", "0"], "--seeds"),
         (["--problem", "xor", "--method", "gd", "--steps", "-1"], "--steps"),

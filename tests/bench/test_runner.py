@@ -24,6 +24,26 @@ CASES = [
     ("xor", "synaprune-a:lr=0.5,aggregation=rms", 60),
     ("spirals:N=40", "synaprune-a:batch_size=8,blend=0.5,momentum=0.9", 40),
     ("xor:hidden=3", "synaprune-a:lr=2,blend=1,blend_schedule=linear,blend_steps=30", 50),
+    # noisy methods: seed s's noise from noise_generator(s) in both runners
+    ("xor:hidden=3", "perturbed-gd:lr=2,threshold=1,t_thres=10,radius=0.5", 80),
+    ("teacher-student:k=4", "perturbed-gd:lr=0.5,threshold=0.05,t_thres=5,radius=0.3", 60),
+    ("spirals:N=40", "gradient-noise:batch_size=8,lr=0.5,eta=0.3", 40),
+    ("xor", "gradient-noise:lr=1,eta=0.3,momentum=0.5", 60),
+    ("teacher-student:k=4", "sam:lr=0.3", 60),  # closure: two gradients a step
+    ("xor", "sam:lr=1,batch_size=2,momentum=0.5", 60),  # closure on the same minibatch
+    ("xor", "synaprune-b:lr=2,noise=0.1,noise_trigger=always", 60),
+    ("xor:hidden=3", "synaprune-b:lr=2,noise=0.1,stall_threshold=0.5,stall_steps=3,"
+     "noise_cooldown=5", 60),
+    ("xor:hidden=3", "synaprune-ab:lr=1,noise=0.05,stall_threshold=0.05,stall_steps=3,"
+     "noise_cooldown=5", 60),
+    ("spirals:N=40", "synaprune-ab:batch_size=8,noise=0.05,noise_trigger=always", 30),
+    # mechanism C: ActivationGradientPenalty in run_single, StackedPenalty in run_seeds
+    ("xor:hidden=3", "synaprune-c:lr=0.5,beta=0.01", 60),
+    ("spirals:N=40", "synaprune-c:lr=0.5,beta=0.01,gamma=10,batch_size=8", 40),
+    ("xor", "synaprune-ac:lr=1,beta=0.01,aggregation=rms", 60),
+    ("xor:hidden=3", "synaprune-bc:lr=1,beta=0.01,noise=0.1,noise_trigger=always", 60),
+    ("spirals:N=40", "synaprune:lr=0.5,beta=0.01,noise=0.05,noise_trigger=always,batch_size=8,"
+     "momentum=0.9", 40),
 ]
 IDS = [f"{p}|{m}" for p, m, _ in CASES]
 

@@ -96,7 +96,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path) -> None:
             "--steps", "1500", "--batch-seeds", "3", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "synaprune.bench", "bench", "--db", str(db), *args],
+        [sys.executable, "-m", "synaprune", "bench", "--db", str(db), *args],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

@@ -52,6 +52,9 @@ def _worker(rank: int, world: int, init_file: str, out_file: str, options: dict)
                options)
         if rank == 0:
             torch.save([p.detach() for p in model.parameters()], out_file)
+        # Both ranks leave together: a rank that tears gloo down while its peer still talks
+        # makes the peer abort.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

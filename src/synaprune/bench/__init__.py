@@ -1,7 +1,11 @@
 """The lab: train many seeds of problems x methods at once, store and summarise the runs.
 
 * :mod:`~synaprune.bench.methods`: the method registry (``gd``, ``sgd``, ``momentum``,
-  ``adam``, ``synaprune-a``), each a small dataclass with ``make_optimizer(params)``.
+  ``adam``, ``perturbed-gd``, ``gradient-noise``, ``sam``, ``synaprune-a``, ``synaprune-b``,
+  ``synaprune-ab``, ``synaprune-c``, ``synaprune-ac``, ``synaprune-bc``, ``synaprune``), each
+  a small dataclass with ``make_optimizer(params, generator)``.
+* :mod:`~synaprune.bench.noisy`: the baselines' optimizers :class:`PerturbedGD`,
+  :class:`GradientNoise`, :class:`SAM` (one model, or S stacked models with S generators).
 * :func:`run_seeds`: S seeds of one (problem, method) vectorised over seeds
   (``stack_module_state`` + ``vmap``, one optimizer over the stacked tensors);
   :func:`run_single` is the same protocol as an ordinary single-model loop.
@@ -22,18 +26,29 @@ from synaprune.bench.methods import (
     PLANNED_METHODS,
     Adam,
     GradientDescent,
+    GradientNoiseMethod,
     Method,
     MinibatchSGD,
     Momentum,
+    PerturbedGDMethod,
+    SAMMethod,
     SynaPruneA,
+    SynaPruneAB,
+    SynaPruneABC,
+    SynaPruneAC,
+    SynaPruneB,
+    SynaPruneBC,
+    SynaPruneC,
     get_method,
     list_methods,
     parse_method_list,
 )
+from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
 from synaprune.bench.runner import (
     MinibatchSampler,
     RunResult,
     check_compatible,
+    noise_generator,
     run_seeds,
     run_single,
 )
@@ -43,23 +58,36 @@ from synaprune.bench.sweep import SweepReport, sweep
 
 __all__ = [
     "PLANNED_METHODS",
+    "SAM",
     "Adam",
     "GradientDescent",
+    "GradientNoise",
+    "GradientNoiseMethod",
     "Method",
     "MinibatchSGD",
     "MinibatchSampler",
     "Momentum",
+    "PerturbedGD",
+    "PerturbedGDMethod",
     "ResultStore",
     "RunResult",
+    "SAMMethod",
     "Summary",
     "SweepReport",
     "SynaPruneA",
+    "SynaPruneAB",
+    "SynaPruneABC",
+    "SynaPruneAC",
+    "SynaPruneB",
+    "SynaPruneBC",
+    "SynaPruneC",
     "add_bench_parser",
     "add_results_parser",
     "check_compatible",
     "format_summaries",
     "get_method",
     "list_methods",
+    "noise_generator",
     "parse_method_list",
     "run_seeds",
     "run_single",

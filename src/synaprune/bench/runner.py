@@ -16,6 +16,11 @@ number of optimizer steps taken and ``final_loss`` is L at the end.
 A seed that stopped is frozen: its gradient is zeroed and its parameters are restored after each
 step (a diverged seed's are replaced by zeros in the live tensors, so its NaN cannot reach any
 cross-seed computation); its result is taken at the moment it stopped.
+
+Noise: seed s's optimizer noise comes from its own generator, :func:`noise_generator` (s), in both
+runners (a sequence of S generators makes the optimizer work in stacked mode). Methods that need a
+closure (``method.needs_closure``, e.g. ``sam``) get one that re-evaluates the loss on the same
+batch at the current parameters and back-propagates.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from torch import Tensor
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from synaprune.bench.methods import Method
+from synaprune.bench.penalty import StackedPenalty
+from synaprune.optim import ActivationGradientPenalty
 from synaprune.probes import PerExampleGradStats
 from synaprune.problems import Problem
 
@@ -39,12 +46,28 @@ __all__ = [
     "RunResult",
     "check_compatible",
     "curve_steps",
+    "noise_generator",
     "run_seeds",
     "run_single",
 ]
 
 # Bound on the number of float64 per-example gradient entries held at once (128 MiB).
 _STATS_ELEMENTS = 2**24
+# Odd 64-bit multiplier (the golden ratio's) that spreads seeds for the noise generators, so
+# seed s's noise stream differs from its minibatch stream (seeded with s itself).
+_NOISE_MIX = 0x9E3779B97F4A7C15
+
+
+def noise_generator(seed: int) -> torch.Generator:
+    """The optimizer-noise generator of the run with this seed (CPU).
+
+    Args:
+        seed: The run's seed.
+
+    Returns:
+        ``torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + 1) mod 2**64)``.
+    """
+    return torch.Generator().manual_seed((int(seed) * _NOISE_MIX + 1) % 2**64)
 
 
 @dataclass
@@ -117,7 +140,8 @@ class MinibatchSampler:
 def check_compatible(problem: Problem, method: Method) -> None:
     """Raise ValueError if ``method`` cannot train ``problem``.
 
-    Minibatches and per-example statistics need a problem with per-example losses.
+    Minibatches, per-example statistics and mechanism C need a problem with per-example losses;
+    mechanism C also needs an ``nn.Sequential`` model.
 
     Args:
         problem: The problem.
@@ -133,6 +157,12 @@ def check_compatible(problem: Problem, method: Method) -> None:
         if method.batch_size is not None and method.batch_size > n:
             raise ValueError(f"Method '{method.name}' has batch_size={method.batch_size} but "
                              f"problem '{problem.spec}' has only {n} training examples")
+        if method.penalty is not None:
+            model = problem.build_model(0)
+            if not isinstance(model, torch.nn.Sequential):
+                raise ValueError(f"Method '{method.name}' penalises hidden activations layer by "
+                                 f"layer, which needs an nn.Sequential model; problem "
+                                 f"'{problem.spec}' builds {type(model).__name__}")
         return
     if method.batch_size is not None:
         raise ValueError(f"Method '{method.name}' uses minibatches but problem "
@@ -140,6 +170,9 @@ def check_compatible(problem: Problem, method: Method) -> None:
     if method.per_example_stats:
         raise ValueError(f"Method '{method.name}' needs per-example gradients but problem "
                          f"'{problem.spec}' has an exact loss without per-example terms")
+    if method.penalty is not None:
+        raise ValueError(f"Method '{method.name}' penalises hidden activations but problem "
+                         f"'{problem.spec}' has an exact loss without data")
 
 
 def curve_steps(budget: int, points: int = 100) -> set[int]:
@@ -176,11 +209,14 @@ def run_single(
 
     The reference that :func:`run_seeds` must reproduce, and the baseline of the seed-batching
     benchmark. Per-example statistics (``synaprune-a``) come from
-    :class:`synaprune.PerExampleGradStats` hooks.
+    :class:`synaprune.PerExampleGradStats` hooks, mechanism C from
+    :class:`synaprune.ActivationGradientPenalty`; the optimizer's noise generator is
+    :func:`noise_generator` (seed).
 
     Args:
         problem: The problem.
-        method: The method; ``method.make_optimizer(model.parameters())`` is stepped.
+        method: The method; ``method.make_optimizer(model.parameters(), generator)`` is
+            stepped (with a closure if ``method.needs_closure``).
         seed: Model seed (also the minibatch seed).
         steps: Budget of optimizer steps (>= 0).
         curve_points: Points of the downsampled curve.
@@ -194,8 +230,10 @@ def run_single(
     check_compatible(problem, method)
     start = time.perf_counter()
     model = problem.build_model(seed)
-    opt = method.make_optimizer(model.parameters())
+    opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
+    penalty = (ActivationGradientPenalty(model, beta=method.penalty[0], gamma=method.penalty[1])
+               if method.penalty is not None else None)
     sampler = None
     if method.batch_size is not None:
         x_all, y_all = problem.data("train")  # type: ignore[misc]
@@ -232,14 +270,29 @@ def run_single(
         if sampler is not None:
             idx = sampler.next()
             loss = problem.loss(model, x_all[idx], y_all[idx])
+        if penalty is not None:
+            loss = penalty(loss)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if t in record:
             point[2] = _finite_or_none(_grad_norm(grads))
             curve.append(point)
-        opt.step()
+        if method.needs_closure:
+
+            def closure(batch: Tensor | None = None if sampler is None else idx) -> Tensor:
+                opt.zero_grad()
+                again = (problem.loss(model) if batch is None
+                         else problem.loss(model, x_all[batch], y_all[batch]))
+                again.backward()
+                return again.detach()
+
+            opt.step(closure)
+        else:
+            opt.step()
     if probe is not None:
         probe.remove()
+    if penalty is not None:
+        penalty.remove()
     return RunResult(
         seed=seed, status=status, success=status == "ok", final_loss=loss_value,
         best_loss=best, steps=t, steps_to_success=t if status == "ok" else None,
@@ -285,6 +338,14 @@ def _per_example_sumsq(
         for k in sums:
             sums[k] += g[k].square().sum(dim=1)
     return sums
+
+
+def _fill_and_mask(params: dict[str, Tensor], active: Tensor) -> None:
+    """Give unused parameters a zero gradient and zero the gradients of stopped seeds."""
+    for v in params.values():
+        if v.grad is None:  # a parameter the loss does not use
+            v.grad = torch.zeros_like(v)
+        v.grad.masked_fill_(~active.view(-1, *([1] * (v.dim() - 1))), 0.0)
 
 
 def run_seeds(
@@ -333,7 +394,9 @@ def run_seeds(
     params = {k: params[k] for k in names}
     base = copy.deepcopy(models[0]).to("meta")
     del models
-    opt = method.make_optimizer(list(params.values()))
+    opt = method.make_optimizer(list(params.values()), [noise_generator(s) for s in seeds])
+    penalty = (StackedPenalty(problem, base, params, beta=method.penalty[0],
+                              gamma=method.penalty[1]) if method.penalty is not None else None)
 
     def full_loss(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
         return problem.functional_loss(base, p, b)
@@ -359,7 +422,7 @@ def run_seeds(
     best = torch.full((n,), math.inf, dtype=torch.float64)
     frozen = {k: torch.zeros_like(v) for k, v in params.items()}
     for t in range(steps + 1):
-        if samplers:
+        if samplers or penalty is not None:
             with torch.no_grad():
                 full = v_full(params, buffers)
         else:
@@ -395,14 +458,20 @@ def run_seeds(
             break
         if samplers:
             idx = torch.stack([s.next() for s in samplers])
-            losses = v_batch(params, buffers, x_all[idx], y_all[idx])
+            if penalty is None:
+                losses = v_batch(params, buffers, x_all[idx], y_all[idx])
         opt.zero_grad()
-        torch.where(active, losses, 0.0).sum().backward()
+        if penalty is None:
+            torch.where(active, losses, 0.0).sum().backward()
+        else:
+            total, extra = penalty.gradients(
+                params, buffers, *((x_all[idx], y_all[idx]) if samplers else (x_all, y_all)),
+                active, batched_data=bool(samplers))
+            for k, v in params.items():
+                v.grad = total[k]
+                v.grad_extra = extra[k].masked_fill_(~view(active, v), 0.0)  # type: ignore[attr-defined]
         with torch.no_grad():
-            for v in params.values():
-                if v.grad is None:  # a parameter the loss does not use
-                    v.grad = torch.zeros_like(v)
-                v.grad.masked_fill_(~view(active, v), 0.0)
+            _fill_and_mask(params, active)
             if method.per_example_stats:
                 if samplers:
                     sumsq = _per_example_sumsq(problem, base, params, buffers, x_all[idx],
@@ -423,7 +492,21 @@ def run_seeds(
                 for i in idx_active:
                     curves[i].append([t, _finite_or_none(full_list[i]),
                                       _finite_or_none(norms[i])])
-        opt.step()
+        if method.needs_closure:
+
+            def closure(mask: Tensor = active,
+                        batch: Tensor | None = idx if samplers else None) -> Tensor:
+                opt.zero_grad()
+                again = (v_full(params, buffers) if batch is None
+                         else v_batch(params, buffers, x_all[batch], y_all[batch]))
+                torch.where(mask, again, 0.0).sum().backward()
+                with torch.no_grad():
+                    _fill_and_mask(params, mask)
+                return again.detach()
+
+            opt.step(closure)
+        else:
+            opt.step()
         if not bool(active.all()):
             with torch.no_grad():
                 for k, v in params.items():

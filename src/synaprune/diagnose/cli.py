@@ -1,0 +1,316 @@
+"""``synaprune diagnose``: diagnose a saved model on a data file.
+
+    synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
+    synaprune diagnose --model mymodels:build --checkpoint weights.pt --data data.npz \\
+        --loss cross-entropy --format json
+
+``--model`` is either ``mlp:W0-W1-...-WL:ACT`` (layer widths, then the hidden activation; the
+model is ``nn.Sequential(Linear(W0, W1), ACT, ..., Linear(W(L-1), WL))``, so a state dict saved
+from that ``nn.Sequential`` loads) or ``module:function``, a function importable from the current
+directory that returns the ``nn.Module``. The checkpoint is a state dict saved with
+``torch.save(model.state_dict(), path)`` and read with ``torch.load(..., weights_only=True)``.
+The data file is an ``.npz`` with arrays ``x`` [N, ...] and ``y`` ([N] or [N, out] floats for
+``--loss mse``; [N] integer class labels for ``--loss cross-entropy``). The diagnosis runs in
+float64. A ``torch.export`` program saved with ``torch.export.save`` (``--checkpoint
+model.pt2``, exported with a dynamic batch dimension) needs no ``--model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def _usage_error_type() -> type[Exception]:
+    # Imported late: synaprune.cli imports this module to register the subcommand.
+    from synaprune.cli import UsageError
+
+    return UsageError
+
+
+def _usage(message: str) -> Exception:
+    """A ``synaprune.cli.UsageError``: the main CLI prints it as one line and exits 2."""
+    return _usage_error_type()(message)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+LOSSES = ("mse", "cross-entropy")
+
+
+def build_mlp(spec: str) -> nn.Sequential:
+    """Build the MLP of a ``mlp:W0-W1-...-WL:ACT`` spec.
+
+    Raises:
+        UsageError: a malformed spec or an unknown activation.
+    """
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] != "mlp":
+        raise _usage(f"malformed model spec {spec!r}: expected mlp:WIDTHS:ACTIVATION, e.g. "
+                         "mlp:4-8-1:tanh, or module:function")
+    try:
+        widths = [int(w) for w in parts[1].split("-")]
+    except ValueError:
+        raise _usage(f"malformed layer widths {parts[1]!r} in {spec!r}: expected positive "
+                         "integers joined by '-', e.g. 4-8-1") from None
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise _usage(f"malformed layer widths {parts[1]!r} in {spec!r}: need at least two "
+                         "positive widths, e.g. 4-8-1")
+    act = parts[2]
+    if act not in ACTIVATIONS:
+        raise _usage(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(ACTIVATIONS[act]())
+    return nn.Sequential(*layers)
+
+
+def build_model(spec: str) -> nn.Module:
+    """The model of ``--model``: an ``mlp:`` spec or ``module:function`` from the current dir.
+
+    Raises:
+        UsageError: malformed spec, import failure, or a function that returns no nn.Module.
+    """
+    if spec.startswith("mlp:"):
+        return build_mlp(spec)
+    parts = spec.split(":")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise _usage(f"malformed model spec {spec!r}: expected mlp:WIDTHS:ACTIVATION, e.g. "
+                         "mlp:4-8-1:tanh, or module:function")
+    module_name, func_name = parts
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _usage(f"cannot import module {module_name!r} for --model: "
+                         f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise _usage(f"module {module_name!r} has no function {func_name!r}")
+    try:
+        model = func()
+    except Exception as exc:
+        raise _usage(f"{spec} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise _usage(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a state dict (``torch.load(..., weights_only=True)``) into ``model``, strictly.
+
+    Raises:
+        UsageError: unreadable file, not a state dict, or keys/shapes that do not match.
+    """
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise _usage(f"checkpoint {path} is not a file written by torch.save (not a zip "
+                         "archive)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise _usage(f"checkpoint not found: {path}") from None
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        _, _, after = text.partition("WeightsUnpickler error:")
+        detail = (after or text or type(exc).__name__).strip().split(". ")[0]
+        raise _usage(f"cannot read checkpoint {path} as weights only (a state dict saved "
+                         f"with torch.save): {detail}") from None
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise _usage(f"checkpoint {path} is not a state dict (a dict of parameter names to "
+                         f"tensors); got {type(state).__name__}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise _usage(f"checkpoint {path} does not match the model: missing keys "
+                         f"{missing or 'none'}, unexpected keys {unexpected or 'none'}")
+    wrong = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise _usage(f"checkpoint {path} does not match the model: shapes (checkpoint vs "
+                         f"model) differ for {'; '.join(wrong)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise _usage(f"checkpoint {path} holds NaN or inf values in {', '.join(bad)}")
+    model.load_state_dict(state)
+
+
+def load_exported(path: str) -> nn.Module:
+    """The module of a ``torch.export`` program saved with ``torch.export.save`` (``.pt2``).
+
+    Export with a dynamic batch dimension (``dynamic_shapes``), or the program accepts only the
+    batch size it was traced with. Forward hooks do not run inside the exported graph, so the
+    per-layer gradient flow and dead units are not available for such a model.
+
+    Raises:
+        UsageError: missing or unreadable file.
+    """
+    if not os.path.isfile(path):
+        raise _usage(f"checkpoint not found: {path}")
+    try:
+        program = torch.export.load(path)
+        return program.module()
+    except Exception as exc:
+        text = " ".join(str(exc).split()).split(". ")[0]
+        raise _usage(f"cannot load torch.export program {path}: {type(exc).__name__}: "
+                         f"{text}") from None
+
+
+def load_data(path: str, loss: str) -> tuple[Tensor, Tensor]:
+    """Read ``x`` and ``y`` from an ``.npz`` file (``allow_pickle=False``), as float64 tensors
+    (``y`` as int64 labels for cross-entropy).
+
+    Raises:
+        UsageError: unreadable file, missing arrays, wrong shapes or dtypes, NaN or inf.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files) if hasattr(npz, "files") else []
+            missing = [a for a in ("x", "y") if a not in names]
+            if missing:
+                raise _usage(f"data file {path} lacks array(s) {', '.join(missing)} (it "
+                                 f"has {', '.join(names) or 'none'}); expected x and y")
+            x, y = npz["x"], npz["y"]
+    except _usage_error_type():
+        raise
+    except FileNotFoundError:
+        raise _usage(f"data file not found: {path}") from None
+    except Exception as exc:
+        raise _usage(f"cannot read data file {path} as .npz without pickle: "
+                         f"{type(exc).__name__}: {exc}") from None
+    for name, arr in (("x", x), ("y", y)):
+        if arr.dtype.kind not in "fiub":
+            raise _usage(f"array {name} in {path} has dtype {arr.dtype}; expected numbers")
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise _usage(f"array {name} in {path} has shape {list(arr.shape)}; expected "
+                             "[N, ...] with N >= 1 examples")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise _usage(f"array {name} in {path} holds NaN or inf values")
+    if x.ndim < 2:
+        raise _usage(f"array x in {path} has shape {list(x.shape)}; expected [N, features]")
+    if x.shape[0] != y.shape[0]:
+        raise _usage(f"arrays x and y in {path} disagree on the number of examples: "
+                         f"{x.shape[0]} vs {y.shape[0]}")
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if loss == "cross-entropy":
+        if y.ndim != 1 or y.dtype.kind not in "iu" or (y < 0).any():
+            raise _usage(f"array y in {path} has shape {list(y.shape)} and dtype {y.dtype}; "
+                             "cross-entropy needs [N] non-negative integer class labels")
+        return xt, torch.from_numpy(y.astype(np.int64))
+    if y.ndim > 2:
+        raise _usage(f"array y in {path} has shape {list(y.shape)}; mse needs [N] or "
+                         "[N, outputs]")
+    return xt, torch.from_numpy(np.ascontiguousarray(y, dtype=np.float64))
+
+
+def _check_fit(model: nn.Module, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    """Run the model once and check its output against y; returns y shaped for the loss."""
+    try:
+        with torch.no_grad():
+            out = model(x[:2])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _usage(f"the model cannot take x of shape {list(x.shape)}: "
+                         f"{type(exc).__name__}: {first}") from None
+    if not isinstance(out, Tensor):
+        raise _usage(f"the model returns {type(out).__name__}, not a tensor")
+    if loss == "cross-entropy":
+        if out.dim() != 2:
+            raise _usage(f"cross-entropy needs model outputs [N, classes], got "
+                             f"{list(out.shape[1:])} per example")
+        if int(y.max()) >= out.shape[1]:
+            raise _usage(f"y holds class label {int(y.max())} but the model has "
+                             f"{out.shape[1]} outputs")
+        return y
+    per_example = list(out.shape[1:])
+    if list(y.shape[1:]) == per_example:
+        return y
+    if y.dim() == 1 and per_example == [1]:
+        return y.unsqueeze(1)
+    raise _usage(f"y has shape {list(y.shape)} but the model outputs {per_example} per "
+                     "example")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from synaprune.diagnose._diagnose import diagnose
+
+    if args.loss not in LOSSES:
+        raise _usage(f"unknown loss {args.loss!r}; expected one of {', '.join(LOSSES)}")
+    if args.k < 1:
+        raise _usage(f"--k must be a positive integer, got {args.k}")
+    if args.checkpoint.endswith(".pt2"):
+        if args.model:
+            raise _usage("a torch.export program (.pt2) holds its own model: leave out "
+                             "--model")
+        model = load_exported(args.checkpoint)
+    else:
+        if not args.model:
+            raise _usage("--model is required (mlp:WIDTHS:ACTIVATION or module:function) "
+                             "unless --checkpoint is a torch.export program (.pt2)")
+        model = build_model(args.model)
+        load_checkpoint(model, args.checkpoint)
+    x, y = load_data(args.data, args.loss)
+    model = model.double()
+    with contextlib.suppress(NotImplementedError):  # an exported program is traced in one mode
+        model.eval()
+    y = _check_fit(model, x, y, args.loss)
+    loss_fn: Callable[[Any, Any], Tensor] = (
+        nn.functional.mse_loss if args.loss == "mse" else nn.functional.cross_entropy)
+    diag = diagnose(model, loss_fn, (x, y), k=args.k, seed=args.seed)
+    if args.format == "json":
+        print(json.dumps(diag.to_dict(), indent=2))
+    else:
+        print(diag.format())
+    return 0
+
+
+def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``diagnose`` subcommand on an ``argparse`` subparsers object.
+
+    Args:
+        subparsers: the result of ``parser.add_subparsers(...)``.
+
+    Returns:
+        The new subparser (its ``func`` default returns the exit status).
+    """
+    p = subparsers.add_parser(
+        "diagnose", help="what kind of point a saved model sits at, what is wrong, what to try",
+        description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--model", default=None,
+                   help="mlp:WIDTHS:ACTIVATION (e.g. mlp:4-8-1:tanh) or module:function")
+    p.add_argument("--checkpoint", required=True, help="state dict saved with torch.save")
+    p.add_argument("--data", required=True, help=".npz file with arrays x and y")
+    p.add_argument("--loss", default="mse", help="mse (default) or cross-entropy")
+    p.add_argument("--format", default="text", choices=("text", "json"), help="output format")
+    p.add_argument("--k", type=int, default=5, help="Hessian eigenvalues from each end")
+    p.add_argument("--seed", type=int, default=0, help="seed of Lanczos' start vector")
+    p.set_defaults(func=_run)
+    return p
