@@ -168,3 +168,19 @@ def test_zero_hessian():
         res = lanczos(op, 2, which="both", generator=torch.Generator().manual_seed(0))
     assert res.converged
     assert torch.equal(res.eigenvalues, torch.zeros(4, dtype=DTYPE))
+
+
+def test_lanczos_both_ends_when_krylov_space_fills_the_whole_space():
+    """Regression: after an invariant subspace, reaching dimension n must end the iteration
+    (it used to ask for one more orthogonal direction and raise)."""
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    lams = torch.tensor([0.0, 0.0, 0.0, 1e-13, 1e-4, 3e-4, 1e-2, 2e-2, 0.09, 0.2, 2.0, 4.0],
+                        dtype=torch.float64)
+    h = q @ torch.diag(lams) @ q.T
+    h = (h + h.T) / 2
+    res = lanczos(h, 5, which="both", generator=torch.Generator().manual_seed(0))
+    ref = torch.linalg.eigvalsh(h)
+    expected = torch.cat([ref[:5], ref[-5:]])
+    assert res.converged
+    torch.testing.assert_close(res.eigenvalues, expected, rtol=1e-6, atol=1e-12)

@@ -119,7 +119,8 @@ def _random_orthogonal(
         norm = torch.linalg.vector_norm(w)
         if norm > 1e-8:
             return w / norm
-    raise RuntimeError("could not draw a vector orthogonal to the Krylov basis")
+    raise RuntimeError("could not draw a vector orthogonal to the Krylov basis "
+                       f"({basis.shape[0]} vectors in dimension {op.dim})")
 
 
 def lanczos(
@@ -225,7 +226,8 @@ def lanczos(
         resid = (beta * s[m - 1, :]).abs()
         scale = max(float(theta.abs().max()), 1e-300)
         invariant = beta <= floor * scale
-        done = m == n
+        full = m == n  # the basis spans the whole space: the Ritz values are exact
+        done = full
         if m >= wanted:
             idx = _select(theta, k, which)
             bound = tol * torch.clamp(theta[idx].abs(), min=floor * scale)
@@ -236,7 +238,7 @@ def lanczos(
                 if not seen_invariant:
                     done = True
                 elif invariant and snapshot is not None and snapshot.shape == idx.shape:
-                    done = bool(((theta[idx] - snapshot).abs() <= bound).all())
+                    done = full or bool(((theta[idx] - snapshot).abs() <= bound).all())
         if done or products >= maxiter:
             break
         if invariant:
