@@ -131,7 +131,9 @@ def run_demo(*, steps: int = 2000, seeds: int = 8, plot: str = "out/demo.png",
         print()
     print("On the symmetric start only weight noise (B) can split the two hidden units: the\n"
           "aggregation (A) and the penalty (C) act on both units alike, so they keep the symmetry\n"
-          "that traps gradient descent.")
+          "that traps gradient descent.\n"
+          f"With {seeds} starts per row, a difference of a run or two is noise: `synaprune bench` "
+          "counts\nhundreds of seeds with confidence intervals (docs/results.md).")
     if plot:
         _plot(curves, Path(plot))
         print(f"loss curves: {plot}")
