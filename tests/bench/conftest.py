@@ -29,12 +29,3 @@ def quartic_problem() -> Problem:
 @pytest.fixture
 def quartic() -> Problem:
     return quartic_problem()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and avoids stalls on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
