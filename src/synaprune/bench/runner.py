@@ -88,6 +88,9 @@ class RunResult:
             them, always with the first and the last step); ``grad_norm`` is the norm of the
             gradient taken at that step, None at the final point. Non-finite values are None.
         params: Final parameters by name (float64, as ``named_parameters``).
+        final_grad_norm: Norm of the full-batch (or exact) training-loss gradient at the
+            final parameters, without any penalty; None when diverged. With ``final_loss``
+            it tells a spurious minimum (gradient vanished) from a run still moving.
     """
 
     seed: int
@@ -100,6 +103,7 @@ class RunResult:
     wall_time: float
     curve: list[list[float | None]] = field(repr=False)
     params: dict[str, Tensor] = field(repr=False)
+    final_grad_norm: float | None = None
 
 
 class MinibatchSampler:
