@@ -68,6 +68,9 @@ def test_batched_equals_plain_loop(problem_spec: str, method_spec: str, steps: i
         assert got.final_loss == pytest.approx(ref.final_loss, abs=1e-10)
         assert got.best_loss == pytest.approx(ref.best_loss, abs=1e-10)
         assert [p[0] for p in got.curve] == [p[0] for p in ref.curve]
+        assert (got.final_grad_norm is None) == (ref.final_grad_norm is None)
+        if got.final_grad_norm is not None:
+            assert got.final_grad_norm == pytest.approx(ref.final_grad_norm, rel=1e-9, abs=1e-12)
         for (_, la, ga), (_, lb, gb) in zip(got.curve, ref.curve, strict=True):
             assert la == pytest.approx(lb, abs=1e-10)
             assert (ga is None) == (gb is None)
@@ -180,7 +183,7 @@ def test_curve_is_downsampled_with_first_and_last_step() -> None:
     steps = [p[0] for p in r.curve]
     assert steps[0] == 0 and steps[-1] == 500 and len(steps) == 20
     assert steps == sorted(curve_steps(500, 20))
-    assert r.curve[-1][2] is None and all(p[2] > 0 for p in r.curve[:-1])
+    assert all(p[2] > 0 for p in r.curve) and r.curve[-1][2] == r.final_grad_norm
     assert r.curve[-1][1] == r.final_loss
     assert r.curve[0][1] == pytest.approx(problem.loss(problem.build_model(0)).item())
 
@@ -226,3 +229,52 @@ def test_every_registered_problem_runs_batched(name: str) -> None:
         assert got.steps == ref.steps == 3
         assert _max_diff(got.params, ref.params) <= 1e-10
         assert _max_diff(got.params, dict(problem.build_model(1).named_parameters())) > 0
+
+
+@pytest.mark.parametrize("spec", ["xor:hidden=3", "spirals:N=40", "autoencoder:hidden=6",
+                                  "digits:hidden=5"])
+@pytest.mark.parametrize("batched_data", [False, True])
+def test_closed_form_statistics_equal_vmap_of_per_example_grads(spec: str,
+                                                                 batched_data: bool) -> None:
+    """The MLP closed form of sum_i g_i**2 equals vmap(grad) of each example's loss."""
+    from torch.func import stack_module_state
+
+    from synaprune.bench import runner
+
+    problem = get_problem(spec)
+    models = [problem.build_model(s) for s in (3, 7, 11)]
+    params, buffers = stack_module_state(models)
+    base = models[0].to("meta")
+    x, y = problem.data("train")
+    n = min(30, x.shape[0])
+    x, y = x[:n], y[:n]
+    if batched_data:  # each seed its own examples
+        perm = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))
+                            for s in range(3)])
+        x, y = x[perm], y[perm]
+    assert runner._closed_form_applies(base, buffers, x, batched_data)
+    fast = runner._sequential_sumsq(problem, base, params, x, y, batched_data)
+    runner_closed_form = runner._closed_form_applies
+    try:
+        runner._closed_form_applies = lambda *args: False  # type: ignore[assignment]
+        slow = runner._per_example_sumsq(problem, base, params, buffers, x, y, batched_data)
+    finally:
+        runner._closed_form_applies = runner_closed_form  # type: ignore[assignment]
+    assert fast.keys() == slow.keys() == params.keys()
+    for k in fast:
+        assert fast[k].shape == params[k].shape
+        torch.testing.assert_close(fast[k], slow[k], rtol=1e-10, atol=1e-14)
+        assert slow[k].abs().max() > 0
+
+
+def test_final_gradient_norm_is_the_full_batch_gradient() -> None:
+    """final_grad_norm is ||grad L|| at the final parameters (no penalty, full batch)."""
+    problem = get_problem("spirals:N=40")
+    method = get_method("synaprune-c:lr=0.5,beta=0.1,batch_size=8")
+    (result,) = run_seeds(problem, method, [2], 20)
+    model = problem.build_model(2)
+    model.load_state_dict(result.params)
+    grads = torch.autograd.grad(problem.loss(model), list(model.parameters()))
+    expected = math.sqrt(sum(float(g.square().sum()) for g in grads))
+    assert result.final_grad_norm == pytest.approx(expected, rel=1e-10)
+    assert result.curve[-1][2] == result.final_grad_norm

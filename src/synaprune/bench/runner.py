@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from synaprune.bench.methods import Method
 from synaprune.bench.penalty import StackedPenalty
 from synaprune.optim import ActivationGradientPenalty
+from synaprune.optim.penalty import ACTIVATIONS
 from synaprune.probes import PerExampleGradStats
 from synaprune.problems import Problem
 
@@ -86,7 +87,9 @@ class RunResult:
         wall_time: Seconds; for a batch of S seeds, the batch's time divided by S.
         curve: Downsampled ``[step, loss, grad_norm]`` triples (about ``curve_points`` of
             them, always with the first and the last step); ``grad_norm`` is the norm of the
-            gradient taken at that step, None at the final point. Non-finite values are None.
+            gradient taken at that step (the minibatch's, or the penalised one, for methods
+            that step on those), and at the final point ``final_grad_norm``. Non-finite
+            values are None.
         params: Final parameters by name (float64, as ``named_parameters``).
         final_grad_norm: Norm of the full-batch (or exact) training-loss gradient at the
             final parameters, without any penalty; None when diverged. With ``final_loss``
@@ -246,6 +249,7 @@ def run_single(
     curve: list[list[float | None]] = []
     best = math.inf
     status, t, loss_value = "budget", 0, math.nan
+    final_grad_norm: float | None = None
     for t in range(steps + 1):
         opt.zero_grad()
         if sampler is None:
@@ -269,6 +273,9 @@ def run_single(
         else:
             status = ""
         if status:
+            if status != "diverged":
+                final_grad_norm = _final_grad_norm(problem, model, probe)
+            point[2] = final_grad_norm
             curve.append(point)
             break
         if sampler is not None:
@@ -302,7 +309,78 @@ def run_single(
         best_loss=best, steps=t, steps_to_success=t if status == "ok" else None,
         wall_time=time.perf_counter() - start, curve=curve,
         params={k: v.detach().clone() for k, v in model.named_parameters()},
+        final_grad_norm=final_grad_norm,
     )
+
+
+def _final_grad_norm(problem: Problem, model: torch.nn.Module,
+                     probe: PerExampleGradStats | None) -> float | None:
+    """Norm of the full-batch training-loss gradient at the model's parameters (no penalty)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if probe is not None:
+        with probe.paused():
+            loss = problem.loss(model)
+    else:
+        loss = problem.loss(model)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return _finite_or_none(_grad_norm([g for g in grads if g is not None]))
+
+
+def _closed_form_applies(base: torch.nn.Module, buffers: dict[str, Tensor], x: Tensor,
+                         batched_data: bool) -> bool:
+    """Whether :func:`_sequential_sumsq` covers this case: an ``nn.Sequential`` of ``nn.Linear``
+    layers and parameter-free elementwise activations, without buffers, on vector inputs."""
+    if buffers or not isinstance(base, torch.nn.Sequential):
+        return False
+    if x.dim() != (3 if batched_data else 2):  # per-example inputs must be vectors
+        return False
+    return all(isinstance(m, (torch.nn.Linear, *ACTIVATIONS)) for m in base.children())
+
+
+def _sequential_sumsq(
+    problem: Problem,
+    base: torch.nn.Sequential,
+    params: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    batched_data: bool,
+) -> dict[str, Tensor]:
+    """:func:`_per_example_sumsq` in closed form for an MLP (see :func:`_closed_form_applies`).
+
+    Example i's gradient of its own loss l_i with respect to a Linear layer's weight is the
+    outer product d_i h_i^T of the layer's output gradient d_i = dl_i/dz_i and its input h_i,
+    so sum_i g_i**2 = (d**2)^T (h**2), one batched matrix product per layer over the seeds,
+    instead of B materialised per-example gradients. The d_i come from one backward pass of
+    sum_i l_i, in which example i's loss only reaches its own z_i.
+    """
+    n_seeds = next(iter(params.values())).shape[0]
+    h = x if batched_data else x.expand(n_seeds, *x.shape)
+    inputs: list[tuple[str, Tensor, Tensor]] = []  # (layer name, h [S,B,in], z [S,B,out])
+    with torch.enable_grad():
+        for name, module in base.named_children():
+            if isinstance(module, torch.nn.Linear):
+                w = params[f"{name}.weight"].detach()
+                z = h @ w.transpose(1, 2)
+                if module.bias is not None:
+                    z = z + params[f"{name}.bias"].detach().unsqueeze(1)
+                if not z.requires_grad:  # the first layer: start the graph here
+                    z = z.requires_grad_(True)
+                inputs.append((name, h.detach(), z))
+                h = z
+            else:
+                h = module(h)
+        out = h.reshape(-1, *h.shape[2:])
+        target = y.reshape(-1, *y.shape[2:]) if batched_data else y.repeat(
+            n_seeds, *([1] * (y.dim() - 1)))
+        zs = [z for _, _, z in inputs]
+        grads = torch.autograd.grad(problem.per_example_loss_fn(out, target).sum(), zs)
+    sums: dict[str, Tensor] = {}
+    for (name, h_in, _), d in zip(inputs, grads, strict=True):
+        d2 = d.square()
+        sums[f"{name}.weight"] = d2.transpose(1, 2) @ h_in.square()
+        if f"{name}.bias" in params:
+            sums[f"{name}.bias"] = d2.sum(dim=1)
+    return sums
 
 
 def _per_example_sumsq(
@@ -318,8 +396,10 @@ def _per_example_sumsq(
 
     ``x``/``y`` are [B, ...] shared by all seeds, or [S, B, ...] when ``batched_data``.
     Examples are processed in chunks so that at most ``_STATS_ELEMENTS`` per-example gradient
-    entries exist at once.
+    entries exist at once; MLPs take the closed form of :func:`_sequential_sumsq` instead.
     """
+    if _closed_form_applies(base, buffers, x, batched_data):
+        return _sequential_sumsq(problem, base, params, x, y, batched_data)  # type: ignore[arg-type]
 
     def one_example(p: dict[str, Tensor], b: dict[str, Tensor], xi: Tensor,
                     yi: Tensor) -> Tensor:
@@ -410,6 +490,13 @@ def run_seeds(
 
     v_full = vmap(full_loss)
     v_batch = vmap(batch_loss)
+    v_grad = vmap(grad(full_loss))
+
+    def v_grad_norm(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        """Norms of the seeds' full-batch training-loss gradients (no penalty), [k]."""
+        k = next(iter(p.values())).shape[0]
+        g = v_grad(p, b)
+        return sum(v.reshape(k, -1).square().sum(1) for v in g.values()).sqrt()  # type: ignore[union-attr]
     samplers: list[MinibatchSampler] = []
     if problem.per_example:
         x_all, y_all = problem.data("train")  # type: ignore[misc]
@@ -441,16 +528,19 @@ def run_seeds(
         if stop.any():
             stop_idx = stop.nonzero().flatten().tolist()
             finals = {k: v.detach()[stop] for k, v in params.items()}
+            final_norms = v_grad_norm(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
             for j, i in enumerate(stop_idx):
                 loss_i = full_list[i]
                 status = ("diverged" if not math.isfinite(loss_i)
                           else "ok" if problem.solved(loss_i) else "budget")
-                curves[i].append([t, _finite_or_none(loss_i), None])
+                final_norm = _finite_or_none(final_norms[j]) if status != "diverged" else None
+                curves[i].append([t, _finite_or_none(loss_i), final_norm])
                 results[i] = RunResult(
                     seed=seeds[i], status=status, success=status == "ok", final_loss=loss_i,
                     best_loss=float(best[i]), steps=t,
                     steps_to_success=t if status == "ok" else None, wall_time=0.0,
                     curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
+                    final_grad_norm=final_norm,
                 )
             with torch.no_grad():
                 for k, v in params.items():
