@@ -10,14 +10,15 @@ from torch.func import stack_module_state
 
 from synaprune import ActivationGradientPenalty
 from synaprune.bench import check_compatible, get_method
-from synaprune.bench.penalty import StackedPenalty
-from synaprune.problems import get_problem
+from synaprune.bench.penalty import StackedPenalty, hidden_module_names
+from synaprune.problems import Problem, get_problem
 
 SEEDS = [3, 4, 5]
 BETA, GAMMA = 0.05, 2.0
 
 
-@pytest.mark.parametrize("problem_spec", ["xor", "spirals:N=40", "autoencoder"])
+@pytest.mark.parametrize("problem_spec", ["xor", "spirals:N=40", "autoencoder",
+                                          "teacher-student:exact=false,k=4,N=50", "gaussians"])
 @pytest.mark.parametrize("batched_data", [False, True], ids=["shared-batch", "per-seed-batch"])
 def test_stacked_penalty_equals_activation_gradient_penalty(problem_spec: str,
                                                             batched_data: bool) -> None:
@@ -34,7 +35,9 @@ def test_stacked_penalty_equals_activation_gradient_penalty(problem_spec: str,
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     stacked = StackedPenalty(problem, base, params, beta=BETA, gamma=GAMMA)
-    singles = [ActivationGradientPenalty(m, beta=BETA, gamma=GAMMA) for m in models]
+    singles = [ActivationGradientPenalty(
+        m, beta=BETA, gamma=GAMMA,
+        layers=[m.get_submodule(n) for n in hidden_module_names(problem, m)]) for m in models]
     with torch.no_grad():  # shrink the weights below their initial norms: the stabiliser acts
         for k, v in params.items():
             if k.endswith("weight"):
@@ -49,7 +52,8 @@ def test_stacked_penalty_equals_activation_gradient_penalty(problem_spec: str,
         xs, ys = (x[s], y[s]) if batched_data else (x, y)
         loss = pen(problem.loss(model, xs, ys))
         loss.backward()
-        assert pen.last_penalty > 0 and pen.last_stabiliser > 0
+        # gaussians has no Linear/Conv weight: nothing for the stabiliser to hold
+        assert pen.last_penalty > 0 and (pen.last_stabiliser > 0) == bool(pen.weights)
         for k, p in model.named_parameters():
             assert (total[k][s] - p.grad).abs().max().item() <= 1e-12, k
             assert (extra[k][s] - p.grad_extra).abs().max().item() <= 1e-12, k
@@ -67,8 +71,14 @@ def test_stacked_penalty_equals_activation_gradient_penalty(problem_spec: str,
 def test_mechanism_c_is_refused_where_it_cannot_work() -> None:
     with pytest.raises(ValueError, match="exact loss"):
         check_compatible(get_problem("teacher-student:k=4"), get_method("synaprune-c"))
-    with pytest.raises(ValueError, match=r"nn\.Sequential"):
-        check_compatible(get_problem("gaussians"), get_method("synaprune"))
+    x = torch.randn(8, 2, dtype=torch.float64)
+    linear = Problem(name="linear", options={}, global_loss=0.0, tolerance=1e-3,
+                     per_example=True, description="a linear model: no hidden layer",
+                     _make_model=lambda g: torch.nn.Linear(2, 1, dtype=torch.float64),
+                     _splits={"train": (x, x[:, :1])},
+                     _per_example_loss=lambda out, y: (out - y).square().sum(dim=1))
+    with pytest.raises(ValueError, match="without activation modules"):
+        check_compatible(linear, get_method("synaprune"))
     problem = get_problem("xor")
     model = problem.build_model(0)
     params, _ = stack_module_state([model])

@@ -125,3 +125,31 @@ def test_bad_options_and_missing_forward():
     penalty = ActivationGradientPenalty(model, beta=1.0)
     with pytest.raises(RuntimeError, match="forward"):
         penalty(torch.tensor(1.0, requires_grad=True))
+
+
+def test_stabiliser_without_weights_is_zero_and_the_penalty_still_works() -> None:
+    """A model with no Linear/Conv weight (named hidden module) gives a zero stabiliser."""
+
+    class Bumps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.centres = nn.Parameter(torch.tensor([-1.0, 0.5], dtype=torch.float64))
+            self.act = nn.Tanh()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(x - self.centres).sum(dim=1, keepdim=True)
+
+    model = Bumps()
+    penalty = ActivationGradientPenalty(model, beta=0.1, gamma=1.0)
+    assert penalty.weights == [] and float(penalty.stabiliser()) == 0.0
+    x = torch.linspace(-2, 2, 6, dtype=torch.float64).unsqueeze(1)
+    y = torch.zeros(6, 1, dtype=torch.float64)
+    penalty(nn.functional.mse_loss(model(x), y)).backward()
+    # reference: the penalised loss by hand, through autograd
+    c = model.centres.detach().clone().requires_grad_(True)
+    h = torch.tanh(x - c)
+    loss = (h.sum(dim=1, keepdim=True) - y).square().mean()
+    (dh,) = torch.autograd.grad(loss, h, create_graph=True)
+    total = loss + 0.1 * x.shape[0] * dh.square().sum()
+    (expected,) = torch.autograd.grad(total, c)
+    torch.testing.assert_close(model.centres.grad, expected, rtol=1e-12, atol=1e-14)

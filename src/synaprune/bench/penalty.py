@@ -1,22 +1,26 @@
-"""Mechanism C (the activation-gradient penalty) for S stacked ``nn.Sequential`` models.
+"""Mechanism C (the activation-gradient penalty) for S stacked models of any architecture.
 
 The same penalised loss as :class:`synaprune.ActivationGradientPenalty` on one model,
 
     L' = L + beta * (1/B) sum_i sum_l ||d l_i / d h_{l,i}||^2
          + gamma * sum_l relu(c_l - ||W_l||_F)^2,
 
-computed for S seeds at once: the layers run one by one (each ``vmap``-ed over the seeds with
-``torch.func.functional_call``) so that the hidden activations h_l, of size [S, B, ...], are
-ordinary tensors; ``torch.autograd.grad(..., create_graph=True)`` of the seeds' summed data loss
-gives every seed's own dL/dh_l (the seeds do not interact), and for a mean-reduced loss
-(1/B) sum_i ||d l_i/d h_{l,i}||^2 = B ||dL/dh_l||^2. h_l are the outputs of the activation
-modules (``synaprune.optim.penalty.ACTIVATIONS``), W_l the weights of the Linear/Conv layers,
-c_l their norms when the penalty is built: the defaults of ``ActivationGradientPenalty``.
+computed for S seeds at once. The hidden activations h_l are the outputs of the hidden modules
+(by default every activation module, ``synaprune.optim.penalty.ACTIVATIONS``; a problem may name
+others, e.g. the Gaussian bumps of ``gaussians``). Inside ``vmap`` they are not ordinary tensors,
+so a forward hook adds to each h_l a zero tensor delta_l of size [S, B, ...] that IS one: the
+loss does not change, and d L / d delta_l = d L / d h_l for every seed at once (the seeds do not
+interact). ``torch.autograd.grad(..., create_graph=True)`` of the seeds' summed data loss gives
+those, and for a mean-reduced loss (1/B) sum_i ||d l_i/d h_{l,i}||^2 = B ||dL/dh_l||^2. W_l are
+the weights of the Linear/Conv layers, c_l their norms when the penalty is built: the defaults of
+``ActivationGradientPenalty``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,23 +29,39 @@ from torch.func import functional_call, vmap
 from synaprune.optim.penalty import ACTIVATIONS, WEIGHTED
 from synaprune.problems import Problem
 
-__all__ = ["StackedPenalty"]
+__all__ = ["StackedPenalty", "hidden_module_names"]
+
+
+def hidden_module_names(problem: Problem, model: nn.Module) -> list[str]:
+    """Names of the modules whose outputs mechanism C penalises.
+
+    Args:
+        problem: The problem (``problem.hidden_modules`` names them, or None).
+        model: A model of the problem.
+
+    Returns:
+        ``problem.hidden_modules`` if given, else every activation module of ``model``.
+    """
+    if problem.hidden_modules is not None:
+        return list(problem.hidden_modules)
+    return [name for name, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
 
 
 class StackedPenalty:
-    """Mechanism C's gradients for stacked [S, ...] parameters of an ``nn.Sequential`` model.
+    """Mechanism C's gradients for stacked [S, ...] parameters.
 
     Args:
         problem: A per-example problem (mean-reduced loss).
-        base: The architecture (may be on the ``meta`` device); must be ``nn.Sequential``.
+        base: The architecture (may be on the ``meta`` device); a private copy gets the hooks.
+            Each hidden module must run once per forward pass.
         params: Stacked parameters by name, [S, ...] each, at initialisation (c_l are taken
             from them).
         beta: Weight of the activation-gradient term (>= 0).
         gamma: Weight of the stabiliser (>= 0).
 
     Raises:
-        ValueError: For a non-Sequential model, an exact-loss problem, a model without
-            activation modules, or a negative weight.
+        ValueError: For an exact-loss problem, a model without hidden modules, or a negative
+            weight.
     """
 
     def __init__(self, problem: Problem, base: nn.Module, params: Mapping[str, Tensor], *,
@@ -53,35 +73,60 @@ class StackedPenalty:
         if not problem.per_example:
             raise ValueError(f"Mechanism C needs per-example losses; problem '{problem.spec}' "
                              "has an exact loss")
-        if not isinstance(base, nn.Sequential):
-            raise ValueError(f"Mechanism C in the lab needs an nn.Sequential model; problem "
-                             f"'{problem.spec}' builds {type(base).__name__}")
         self.problem, self.beta, self.gamma = problem, float(beta), float(gamma)
-        self.layers = list(base.named_children())
-        if not any(isinstance(m, ACTIVATIONS) for _, m in self.layers):
+        self.base = copy.deepcopy(base)
+        hidden = hidden_module_names(problem, self.base)
+        if not hidden:
             raise ValueError(f"No hidden layers to penalise in problem '{problem.spec}'")
-        self.weights = [f"{name}.weight" for name, m in self.layers if isinstance(m, WEIGHTED)]
+        # While ``_deltas`` is a list, each hidden module's output gets its delta added (in
+        # forward order); while ``_shapes`` is a list, the hooks record the output shapes.
+        self._deltas: Sequence[Tensor] | None = None
+        self._shapes: list[torch.Size] | None = None
+        self._count = 0
+        for name in hidden:
+            self.base.get_submodule(name).register_forward_hook(self._hook)
+        self.n_hidden = len(hidden)
+        self.weights = [f"{name}.weight" for name, m in self.base.named_modules()
+                        if isinstance(m, WEIGHTED)]
         n = next(iter(params.values())).shape[0]
         self.init_norms = {k: params[k].detach().reshape(n, -1).norm(dim=1)
                            for k in self.weights}
 
-    def _forward(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                 x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = x
-        hidden: list[Tensor] = []
-        for name, module in self.layers:
-            prefix = name + "."
-            p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
-            b = {k[len(prefix):]: v for k, v in buffers.items() if k.startswith(prefix)}
+    def _hook(self, _module: nn.Module, _inputs: Any, output: Tensor) -> Tensor | None:
+        if self._shapes is not None:
+            self._shapes.append(output.shape)
+            return None
+        if self._deltas is None:
+            return None
+        delta = self._deltas[self._count]
+        self._count += 1
+        return output + delta
 
-            def layer(p_: dict[str, Tensor], b_: dict[str, Tensor], inp: Tensor,
-                      module: nn.Module = module) -> Tensor:
-                return functional_call(module, (p_, b_), (inp,))
+    def _data_loss(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                   x: Tensor, y: Tensor, deltas: Sequence[Tensor]) -> Tensor:
+        """One seed's mean data loss with the deltas added to its hidden activations."""
+        self._deltas, self._count = deltas, 0
+        try:
+            out = functional_call(self.base, (dict(params), dict(buffers)), (x,))
+        finally:
+            self._deltas = None
+        return self.problem.loss_fn(out, y)
 
-            h = vmap(layer)(p, b, h) if (p or b) else module(h)
-            if isinstance(module, ACTIVATIONS):
-                hidden.append(h)
-        return h, hidden
+    def _hidden_shapes(self, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                       x: Tensor) -> list[torch.Size]:
+        """Shapes [B, ...] of one seed's hidden activations for inputs x of size [B, ...]."""
+        self._shapes = []
+        try:
+            with torch.no_grad():
+                one = {k: v[0] for k, v in params.items()}
+                functional_call(self.base, (one, {k: v[0] for k, v in buffers.items()}), (x,))
+            shapes = self._shapes
+        finally:
+            self._shapes = None
+        if len(shapes) != self.n_hidden:
+            raise ValueError(f"Each hidden module must run once per forward pass; "
+                             f"{self.n_hidden} modules produced {len(shapes)} outputs")
+        return shapes
 
     def gradients(
         self,
@@ -108,10 +153,14 @@ class StackedPenalty:
             (d (penalty + stabiliser)/d theta), each [S, ...], detached.
         """
         n = active.shape[0]
-        if not batched_data:
-            x, y = x.expand(n, *x.shape), y.expand(n, *y.shape)
-        out, hidden = self._forward(params, buffers, x)
-        data = vmap(self.problem.loss_fn)(out, y)  # [S], mean over each seed's batch
+        shapes = self._hidden_shapes(params, buffers, x[0] if batched_data else x)
+        first_leaf = next(iter(params.values()))
+        deltas = [torch.zeros(n, *shape, dtype=first_leaf.dtype, requires_grad=True)
+                  for shape in shapes]
+        data = vmap(self._data_loss, in_dims=(0, 0, 0 if batched_data else None,
+                                               0 if batched_data else None, 0))(
+            params, buffers, x, y, deltas)  # [S], mean over each seed's batch
+        hidden = deltas
         names = list(params)
         leaves = [params[k] for k in names]
         first = torch.autograd.grad(torch.where(active, data, 0.0).sum(), [*leaves, *hidden],

@@ -129,6 +129,8 @@ class ActivationGradientPenalty:
         """gamma * sum_l relu(c_l - ||W_l||_F)^2, a scalar tensor."""
         terms = [torch.relu(c - w.norm()) ** 2 for w, c in zip(self.weights, self.init_norms,
                                                                  strict=True)]
+        if not terms:  # no Linear/Conv weight (e.g. a sum of Gaussians): nothing to hold
+            return self.params[0].new_zeros(())
         return self.gamma * torch.stack(terms).sum()
 
     def _activation_term(self, hidden: Sequence[Tensor],

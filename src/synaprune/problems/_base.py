@@ -57,6 +57,9 @@ class Problem:
         classification: True when :meth:`accuracy` is available.
         splits: Names of the data splits, ``("train",)`` or ``("train", "test")``;
             empty for an exact loss.
+        hidden_modules: Names (as in ``named_modules``) of the modules whose outputs are the
+            hidden activations that mechanism C penalises, or None for every activation
+            module (ReLU, Tanh, ...) of the model.
 
     Example:
         >>> import torch
@@ -84,6 +87,7 @@ class Problem:
     _per_example_loss: PerExampleLoss | None = field(repr=False, default=None)
     _exact_loss: ExactLoss | None = field(repr=False, default=None)
     _predict: Callable[[Tensor], Tensor] | None = field(repr=False, default=None)
+    hidden_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if (self._per_example_loss is None) == (self._exact_loss is None):

@@ -24,6 +24,14 @@ def _bumps(x: Tensor, means: Tensor, widths: Tensor, heights: Tensor) -> Tensor:
     return (heights * torch.exp(-0.5 * z.square())).sum(dim=-1, keepdim=True)
 
 
+class GaussianBump(nn.Module):
+    """``z -> exp(-z^2 / 2)`` elementwise: the hidden units of :class:`SumOfGaussians`."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Bumps of size [B, m] for standardised inputs z of size [B, m]."""
+        return torch.exp(-0.5 * z.square())
+
+
 class SumOfGaussians(nn.Module):
     """``x -> sum_i h_i exp(-(x - m_i)^2 / (2 s_i^2))`` with trainable m, s and h.
 
@@ -31,6 +39,7 @@ class SumOfGaussians(nn.Module):
         means: Parameter of size [m], the centres m_i.
         widths: Parameter of size [m], the standard deviations s_i (only s_i^2 matters).
         heights: Parameter of size [m], the amplitudes h_i.
+        bump: The :class:`GaussianBump` units, whose outputs [B, m] mechanism C penalises.
     """
 
     def __init__(self, components: int, generator: torch.Generator) -> None:
@@ -50,6 +59,7 @@ class SumOfGaussians(nn.Module):
         self.means = uniform(lo, hi)
         self.widths = uniform(0.2, 1.0)
         self.heights = uniform(0.0, 1.0)
+        self.bump = GaussianBump()
 
     def forward(self, x: Tensor) -> Tensor:
         """Model output.
@@ -60,7 +70,8 @@ class SumOfGaussians(nn.Module):
         Returns:
             Outputs of size [B, 1].
         """
-        return _bumps(x, self.means, self.widths, self.heights)
+        bumps = self.bump((x - self.means) / self.widths)  # as _bumps, through the module
+        return (self.heights * bumps).sum(dim=-1, keepdim=True)
 
 
 # Measured with the defaults (64 seeds, Adam lr 0.01, 3000 full-batch steps): 31 runs reached
@@ -91,4 +102,5 @@ def gaussians_problem(N: int, components: int) -> Problem:
         _make_model=lambda generator: SumOfGaussians(components, generator),
         _splits={"train": (x, y)},
         _per_example_loss=per_example_mse,
+        hidden_modules=("bump",),
     )

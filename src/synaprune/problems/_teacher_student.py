@@ -92,6 +92,7 @@ class TwoLayerReLU(nn.Module):
 
     Attributes:
         hidden: ``nn.Linear(d, k, bias=False)``, the trained first layer (rows are w_i).
+        act: The ReLU, a module so that mechanism C can find the hidden activations.
         output_weight: Buffer of size [k], the fixed output weights a_i (all 1).
     """
 
@@ -107,6 +108,7 @@ class TwoLayerReLU(nn.Module):
         self.hidden = nn.utils.skip_init(nn.Linear, d, k, bias=False, dtype=DTYPE)
         with torch.no_grad():
             nn.init.xavier_normal_(self.hidden.weight, generator=generator)
+        self.act = nn.ReLU()
         self.register_buffer("output_weight", torch.ones(k, dtype=DTYPE))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -118,7 +120,7 @@ class TwoLayerReLU(nn.Module):
         Returns:
             Outputs of size [B, 1].
         """
-        return (torch.relu(self.hidden(x)) @ self.output_weight).unsqueeze(-1)
+        return (self.act(self.hidden(x)) @ self.output_weight).unsqueeze(-1)
 
 
 # Tolerance 1e-3. Measured with full-batch gradient descent on the exact loss (lr 0.5, 3000
