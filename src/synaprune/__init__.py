@@ -1,8 +1,14 @@
 """SynaPrune: train past bad local minima, diagnose stuck runs, and measure it honestly."""
 
-from synaprune.optim import ActivationGradientPenalty, SynaPrune
+from synaprune.optim import ActivationGradientPenalty, SaddleFreeNewton, SynaPrune
 from synaprune.probes import PerExampleGradStats
 
 __version__ = "0.1.0"
 
-__all__ = ["ActivationGradientPenalty", "PerExampleGradStats", "SynaPrune", "__version__"]
+__all__ = [
+    "ActivationGradientPenalty",
+    "PerExampleGradStats",
+    "SaddleFreeNewton",
+    "SynaPrune",
+    "__version__",
+]
