@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 import os
 import signal
 import sqlite3
@@ -14,6 +17,7 @@ import pytest
 import torch
 
 from synaprune.bench import ResultStore, get_method, run_seeds, sweep
+from synaprune.bench.store import RESULT_COLUMNS, StoredRun
 from synaprune.problems import get_problem
 
 
@@ -141,3 +145,150 @@ def test_sigkill_mid_sweep_then_resume(tmp_path: Path) -> None:
         for ra, rb in zip(got.rows(), want.rows(), strict=True):
             pa, pb = got.load_params(ra["id"]), want.load_params(rb["id"])
             assert max((pa[k] - pb[k]).abs().max().item() for k in pb) <= 1e-12
+
+
+# The runs table as the first databases were written (before final_grad_norm).
+_OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    problem TEXT NOT NULL,
+    problem_name TEXT NOT NULL,
+    problem_params TEXT NOT NULL,
+    method TEXT NOT NULL,
+    method_name TEXT NOT NULL,
+    method_options TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    final_loss REAL,
+    best_loss REAL,
+    steps INTEGER NOT NULL,
+    steps_to_success INTEGER,
+    wall_time REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'diverged', 'budget')),
+    success INTEGER NOT NULL,
+    curve TEXT NOT NULL,
+    params BLOB NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (problem, method, seed, budget)
+)
+"""
+
+
+def _xor_results(seeds: list[int], steps: int = 30):
+    problem, method = get_problem("xor"), get_method("gd:lr=2")
+    return problem, method, run_seeds(problem, method, seeds, steps)
+
+
+def _columns(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
+    finally:
+        conn.close()
+
+
+def test_final_grad_norm_round_trip(tmp_path: Path) -> None:
+    problem, method, results = _xor_results([0, 1, 2])
+    assert "final_grad_norm" in RESULT_COLUMNS
+    given = [0.125, None, results[2].final_grad_norm]
+    results = [dataclasses.replace(r, final_grad_norm=g)
+               for r, g in zip(results, given, strict=True)]
+    with ResultStore(tmp_path / "r.db") as store:
+        store.write(problem, method, 30, results)
+        assert [r["final_grad_norm"] for r in store.rows()] == given
+        raw = store.conn.execute("SELECT final_grad_norm FROM runs ORDER BY seed").fetchall()
+        assert raw[1][0] is None  # unknown is NULL, not 0 or nan
+    assert given[2] is not None and given[2] > 0  # the runner measures it
+
+
+def test_get_run_by_id(tmp_path: Path) -> None:
+    problem, method, results = _xor_results([3, 4])
+    with ResultStore(tmp_path / "r.db") as store:
+        store.write(problem, method, 30, results)
+        rows = {r["seed"]: r for r in store.rows()}
+        run = store.get_run(rows[4]["id"])
+    assert isinstance(run, StoredRun)
+    res = results[1]
+    assert (run.id, run.problem, run.method, run.seed, run.budget) == (
+        rows[4]["id"], problem.spec, method.spec, 4, 30)
+    assert (run.status, run.steps, run.final_loss) == (res.status, res.steps, res.final_loss)
+    assert run.final_grad_norm == res.final_grad_norm
+    assert run.params.keys() == res.params.keys()
+    assert all(torch.equal(run.params[k], res.params[k]) for k in run.params)
+    # the parameters load into the problem's model, strictly
+    model = problem.build_model(run.seed)
+    model.load_state_dict(run.params, strict=True)
+    assert problem.loss(model).item() == pytest.approx(res.final_loss, rel=1e-12)
+
+
+def test_get_run_unknown_id_is_one_clear_line(tmp_path: Path) -> None:
+    problem, method, results = _xor_results([0])
+    with ResultStore(tmp_path / "r.db") as store:
+        store.write(problem, method, 30, results)
+        with pytest.raises(KeyError) as info:
+            store.get_run(999)
+        message = info.value.args[0]
+        assert "No run with id 999" in message and "holds 1 runs" in message
+        assert "synaprune results" in message and "--runs" in message and "\n" not in message
+        with pytest.raises(TypeError, match="expected an int"):
+            store.get_run("1")  # type: ignore[arg-type]
+
+
+def test_database_without_final_grad_norm_is_migrated(tmp_path: Path) -> None:
+    """A database made before the column existed: read-only it reads as NULL and the file is
+    left alone; opened for writing the column is added, old rows NULL, new rows filled."""
+    db = tmp_path / "old.db"
+    problem, method, old = _xor_results([0, 1])
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(_OLD_SCHEMA)
+        for r in old:
+            conn.execute(
+                "INSERT INTO runs (problem, problem_name, problem_params, method, method_name, "
+                "method_options, seed, budget, final_loss, best_loss, steps, steps_to_success, "
+                "wall_time, status, success, curve, params, created) "
+                "VALUES (?, ?, '{}', ?, ?, '{}', ?, 30, ?, ?, ?, ?, 0.0, ?, ?, '[]', ?, 0.0)",
+                (problem.spec, problem.name, method.spec, method.name, r.seed, r.final_loss,
+                 r.best_loss, r.steps, r.steps_to_success, r.status, int(r.success),
+                 _params_bytes(r.params)))
+    conn.close()
+    assert "final_grad_norm" not in _columns(db)
+
+    with ResultStore(db, readonly=True) as store:
+        rows = store.rows()
+        assert [r["final_grad_norm"] for r in rows] == [None, None]
+        run = store.get_run(rows[0]["id"])
+        assert run.final_grad_norm is None and run.final_loss == old[0].final_loss
+    assert "final_grad_norm" not in _columns(db)  # read-only: untouched
+
+    with ResultStore(db) as store:
+        assert "final_grad_norm" in _columns(db)
+        assert [r["final_grad_norm"] for r in store.rows()] == [None, None]
+        _, _, new = _xor_results([2, 3])
+        assert store.write(problem, method, 30, new) == 2
+        norms = {r["seed"]: r["final_grad_norm"] for r in store.rows()}
+    assert norms[0] is None and norms[1] is None
+    assert norms[2] == new[0].final_grad_norm and norms[3] == new[1].final_grad_norm
+    assert all(math.isfinite(norms[s]) for s in (2, 3))
+    with ResultStore(db) as store:  # opening again changes nothing
+        assert store.count() == 4
+    assert _columns(db).count("final_grad_norm") == 1
+
+
+def test_rows_filter_by_method(tmp_path: Path) -> None:
+    problem = get_problem("xor")
+    with ResultStore(tmp_path / "r.db") as store:
+        for spec in ("gd:lr=2", "adam:lr=0.05"):
+            method = get_method(spec)
+            store.write(problem, method, 10, run_seeds(problem, method, [0, 1], 10))
+        assert {r["method_name"] for r in store.rows(methods=["gd"])} == {"gd"}
+        adam = get_method("adam:lr=0.05").spec
+        assert [r["seed"] for r in store.rows(["xor"], [adam])] == [0, 1]
+        assert len(store.rows(methods=["gd", "adam"])) == 4
+        assert store.rows(["teacher-student"], ["gd"]) == []
+
+
+def _params_bytes(params: dict[str, torch.Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(params, buffer)
+    return buffer.getvalue()

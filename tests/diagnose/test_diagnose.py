@@ -316,3 +316,40 @@ def test_accepts_a_list_of_batches():
     assert split.eigenvalues_largest == pytest.approx(whole.eigenvalues_largest, rel=1e-6)
     with pytest.raises(ValueError):
         diagnose(model, F.mse_loss, 3)
+
+
+TINY = {
+    # (widths, activation): n parameters from 2 to 13, k = 5 from each end asks for more than n
+    "n=2 linear 1-1": ([1, 1], nn.Identity),
+    "n=3 linear 2-1": ([2, 1], nn.Identity),
+    "n=7 tanh 1-2-1": ([1, 2, 1], nn.Tanh),
+    "n=9 sigmoid 2-2-1": ([2, 2, 1], nn.Sigmoid),
+    "n=13 tanh 4-2-1": ([4, 2, 1], nn.Tanh),
+}
+
+
+@pytest.mark.parametrize("case", list(TINY))
+def test_tiny_models_get_exact_extremes_from_lanczos(case):
+    """k from each end is clipped to n // 2; at 2k == n Lanczos' basis spans the whole space.
+    Every eigenvalue Lanczos returns matches the dense Hessian's (no fallback, no note)."""
+    widths, act = TINY[case]
+    x, y = regression(n=16, d=widths[0], seed=2)
+    model = mlp(widths, act, seed=1)
+    d = diagnose(model, F.mse_loss, (x, y), k=5)
+    eig = torch.linalg.eigvalsh(dense_hessian(model, F.mse_loss, x, y))
+    n = eig.numel()
+    kk = min(5, n // 2)
+    assert d.num_params == n and len(d.eigenvalues_smallest) == len(d.eigenvalues_largest) == kk
+    assert d.eigen_converged and d.notes == []
+    tol = 1e-6 * float(eig.abs().max())
+    assert d.eigenvalues_smallest == pytest.approx(eig[:kk].tolist(), abs=tol)
+    assert d.eigenvalues_largest == pytest.approx(eig[n - kk:].tolist(), abs=tol)
+
+
+def test_one_parameter_model_uses_its_one_by_one_hessian():
+    x, y = regression(n=16, d=1)
+    model = nn.Sequential(nn.Linear(1, 1, bias=False)).double()
+    d = diagnose(model, F.mse_loss, (x, y), k=5)
+    h = dense_hessian(model, F.mse_loss, x, y)
+    assert d.num_params == 1
+    assert d.eigenvalues_smallest == d.eigenvalues_largest == pytest.approx([float(h[0, 0])])

@@ -190,3 +190,178 @@ def test_torch_export_program(files, capsys, monkeypatch):
     assert report["num_params"] == same["num_params"] == 26
     assert report["loss"] == pytest.approx(same["loss"], rel=1e-12)
     assert report["eigenvalues_largest"] == pytest.approx(same["eigenvalues_largest"], rel=1e-6)
+
+
+# ------------------------------------------------------------------ --db / --run: stored runs
+
+
+def main_json(capsys, *argv: str) -> dict:
+    from synaprune.cli import main
+
+    assert main(["diagnose", *argv, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A real tiny sweep: xor, gd, seeds 0 and 1, 50 steps, plus one exact teacher-student run."""
+    from synaprune.bench import ResultStore, get_method, sweep
+    from synaprune.problems import get_problem
+
+    db = tmp_path_factory.mktemp("lab") / "results.db"
+    with ResultStore(db) as store:
+        sweep(get_problem("xor"), get_method("gd:lr=2"), [0, 1], 50, store)
+        sweep(get_problem("teacher-student:k=2"), get_method("gd:lr=0.1"), [0], 5, store)
+        rows = store.rows(["xor"])
+        exact = store.rows(["teacher-student"])[0]["id"]
+    return db, rows, exact
+
+
+def test_stored_run_gives_the_numbers_of_a_direct_diagnosis(lab, capsys):
+    from synaprune.bench import ResultStore
+    from synaprune.diagnose import diagnose
+    from synaprune.problems import get_problem
+
+    db, rows, _ = lab
+    assert len(rows) == 2
+    for row in rows:
+        report = main_json(capsys, "--db", str(db), "--run", str(row["id"]))
+        # the same model and data by hand
+        problem = get_problem(row["problem"])
+        model = problem.build_model(row["seed"])
+        with ResultStore(db, readonly=True) as store:
+            model.load_state_dict(store.load_params(row["id"]))
+        direct = diagnose(model, problem.loss_fn, problem.data("train"), k=5, seed=0)
+        assert report["kind"] == direct.kind
+        assert report["num_params"] == direct.num_params == 9
+        assert report["num_examples"] == direct.num_examples == 4
+        for key in ("loss", "grad_norm", "param_norm", "relative_grad", "ghg", "gg",
+                    "cancellation", "relative_curvature"):
+            assert report[key] == pytest.approx(getattr(direct, key), rel=1e-12), key
+        assert report["eigenvalues_smallest"] == pytest.approx(direct.eigenvalues_smallest,
+                                                               rel=1e-10)
+        assert report["eigenvalues_largest"] == pytest.approx(direct.eigenvalues_largest,
+                                                              rel=1e-10)
+        assert [f["code"] for f in report["findings"]] == direct.codes()
+        # the stored parameters are the run's final point: its recorded loss and gradient norm
+        assert report["loss"] == pytest.approx(row["final_loss"], rel=1e-10)
+        assert report["grad_norm"] == pytest.approx(row["final_grad_norm"], rel=1e-8)
+        assert report["notes"] == []
+        assert report["run"] == {
+            "id": row["id"], "db": str(db), "problem": "xor:hidden=2", "method": row["method"],
+            "seed": row["seed"], "budget": 50, "status": row["status"], "steps": row["steps"],
+            "final_loss": row["final_loss"], "final_grad_norm": row["final_grad_norm"]}
+
+
+def test_stored_run_text_report_says_which_run(lab, capsys):
+    from synaprune.cli import main
+
+    db, rows, _ = lab
+    row = rows[1]
+    assert main(["diagnose", "--db", str(db), "--run", str(row["id"]), "--k", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"Run {row['id']} of {db}: problem xor:hidden=2, method {row['method']}, "
+                      f"seed {row['seed']}")
+    assert out[1].startswith(f"  status {row['status']} after {row['steps']} of 50 steps, "
+                             f"final loss {row['final_loss']:.6g}, final gradient norm ")
+    assert out[2].startswith("Verdict: ")
+
+
+def _db_with(tmp_path, name, edit):
+    """A copy of the lab's first run in a new database, changed by ``edit(result)``."""
+    from synaprune.bench import ResultStore, get_method, run_seeds
+    from synaprune.problems import get_problem
+
+    problem, method = get_problem("xor"), get_method("gd:lr=2")
+    result = run_seeds(problem, method, [0], 5)[0]
+    db = tmp_path / name
+    with ResultStore(db) as store:
+        store.write(problem, method, 5, [edit(result)])
+    return str(db)
+
+
+def _replace(**changes):
+    import dataclasses
+
+    return lambda r: dataclasses.replace(r, **changes)
+
+
+def _params(**changes):
+    def edit(r):
+        params = {**r.params, **changes}
+        return _replace(params={k: v for k, v in params.items() if v is not None})(r)
+    return edit
+
+
+def _sqlite_without_runs(tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "other.db")
+    with conn:
+        conn.execute("CREATE TABLE things (a INTEGER)")
+    conn.close()
+    return str(tmp_path / "other.db")
+
+
+def _corrupt_params(tmp_path):
+    import sqlite3
+
+    db = _db_with(tmp_path, "corrupt.db", lambda r: r)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE runs SET params = x'00010203'")
+    conn.close()
+    return db
+
+
+STORED_BAD = {
+    "db without run": lambda d, lab: (["--db", str(lab[0])], "--db needs --run ID"),
+    "run without db": lambda d, lab: (["--run", "1"], "--run needs --db"),
+    "run id not a number": lambda d, lab: (["--db", str(lab[0]), "--run", "seven"],
+                                           "--run must be an integer run id, got 'seven'"),
+    "unknown run id": lambda d, lab: (["--db", str(lab[0]), "--run", "999"],
+                                      "No run with id 999"),
+    "missing database": lambda d, lab: (["--db", str(d / "none.db"), "--run", "1"],
+                                        "no such file"),
+    "not sqlite": lambda d, lab: (["--db", _text(d / "junk.db"), "--run", "1"],
+                                  "cannot read database"),
+    "sqlite but not results": lambda d, lab: (["--db", _sqlite_without_runs(d), "--run", "1"],
+                                              "is not a results database"),
+    "with --checkpoint": lambda d, lab: (["--db", str(lab[0]), "--run", "1", "--checkpoint",
+                                          "w.pt"], "exclude each other"),
+    "with --model and --data": lambda d, lab: (
+        ["--run", "1", "--model", "mlp:2-2-1:tanh", "--data", "d.npz"], "exclude each other"),
+    "with --loss": lambda d, lab: (["--db", str(lab[0]), "--run", "1", "--loss", "mse"],
+                                   "--loss does not apply"),
+    "neither": lambda d, lab: ([], "nothing to diagnose"),
+    "exact loss": lambda d, lab: (["--db", str(lab[0]), "--run", str(lab[2])],
+                                  "whose loss is exact"),
+    "wrong shapes": lambda d, lab: (["--db", _db_with(d, "s.db", _params(
+        **{"0.weight": torch.zeros(3, 2, dtype=torch.float64)})), "--run", "1"],
+        "does not match the model of xor:hidden=2: shapes"),
+    "missing parameter": lambda d, lab: (["--db", _db_with(d, "m.db", _params(
+        **{"2.bias": None})), "--run", "1"], "missing keys ['2.bias']"),
+    "extra parameter": lambda d, lab: (["--db", _db_with(d, "e.db", _params(
+        extra=torch.zeros(1, dtype=torch.float64))), "--run", "1"],
+        "unexpected keys ['extra']"),
+    "diverged run": lambda d, lab: (["--db", _db_with(d, "dv.db", _replace(
+        status="diverged", success=False, final_loss=float("nan"))), "--run", "1"],
+        "run 1 diverged"),
+    "unreadable parameters": lambda d, lab: (["--db", _corrupt_params(d), "--run", "1"],
+                                             "cannot read the stored parameters of run 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(STORED_BAD))
+def test_stored_run_bad_input_is_one_line_exit_2(tmp_path, lab, case, capsys, monkeypatch):
+    from synaprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv, expected = STORED_BAD[case](tmp_path, lab)
+    capsys.readouterr()
+    assert main(["diagnose", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("synaprune diagnose: error: ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert expected in captured.err

@@ -5,6 +5,10 @@ killed at any moment loses at most the batch in flight and never leaves half-wri
 the UNIQUE key (problem spec, method spec, seed, budget) makes reruns skip finished runs and
 rules out duplicates. Final parameters are stored as ``torch.save`` bytes of a dict of tensors
 and are only ever loaded back with ``torch.load(..., weights_only=True)``.
+
+Schema changes: ``final_grad_norm`` was added after the first databases were written. Opening
+an older database for writing adds the column (``ALTER TABLE``, NULL for the old rows); opening
+it read-only leaves the file alone and reads the column as NULL.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from synaprune.bench.methods import Method
 from synaprune.bench.runner import RunResult
 from synaprune.problems import Problem
 
-__all__ = ["RESULT_COLUMNS", "ResultStore"]
+__all__ = ["RESULT_COLUMNS", "ResultStore", "StoredRun"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,6 +53,7 @@ CREATE TABLE IF NOT EXISTS runs (
     curve TEXT NOT NULL,              -- JSON [[step, loss, grad_norm], ...]
     params BLOB NOT NULL,             -- torch.save of {name: tensor}
     created REAL NOT NULL,
+    final_grad_norm REAL,             -- ||grad L|| at the final parameters; NULL when unknown
     UNIQUE (problem, method, seed, budget)
 )
 """
@@ -55,8 +61,11 @@ CREATE TABLE IF NOT EXISTS runs (
 RESULT_COLUMNS = (
     "problem", "problem_name", "problem_params", "method", "method_name", "method_options",
     "seed", "budget", "final_loss", "best_loss", "steps", "steps_to_success", "wall_time",
-    "status", "success", "curve",
+    "status", "success", "curve", "final_grad_norm",
 )
+
+# Columns added after the first databases were written: name -> SQL type (NULL for old rows).
+_ADDED_COLUMNS = {"final_grad_norm": "REAL"}
 
 
 def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
@@ -65,8 +74,38 @@ def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def _real(value: float) -> float | None:
-    return None if math.isnan(value) else value
+def _real(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One stored run, as returned by :meth:`ResultStore.get_run`.
+
+    Attributes:
+        id: The row's id.
+        problem: Canonical problem spec (``get_problem(problem)`` rebuilds the problem).
+        method: Canonical method spec.
+        seed: Model seed (``get_problem(problem).build_model(seed)`` is the initial model).
+        budget: Step budget of the run.
+        status: ``"ok"``, ``"diverged"`` or ``"budget"``.
+        steps: Optimizer steps taken.
+        final_loss: Training loss at the end (nan when it was NaN or infinite).
+        final_grad_norm: Gradient norm at the final parameters; None when unknown (diverged,
+            or a database written before the column existed).
+        params: Final parameters by name, loaded with ``torch.load(..., weights_only=True)``.
+    """
+
+    id: int
+    problem: str
+    method: str
+    seed: int
+    budget: int
+    status: str
+    steps: int
+    final_loss: float
+    final_grad_norm: float | None
+    params: dict[str, Tensor] = field(repr=False)
 
 
 class ResultStore:
@@ -99,7 +138,29 @@ class ResultStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             with self.conn:
                 self.conn.execute(_SCHEMA)
+            self._add_missing_columns()
         self.conn.row_factory = sqlite3.Row
+        # Columns this database lacks (only possible read-only): read as NULL.
+        self._missing = set(_ADDED_COLUMNS) - self._columns()
+
+    def _columns(self) -> set[str]:
+        return {str(r[1]) for r in self.conn.execute("PRAGMA table_info(runs)")}
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns of :data:`_ADDED_COLUMNS` that an older database lacks."""
+        for name, sql_type in _ADDED_COLUMNS.items():
+            if name in self._columns():
+                continue
+            try:
+                with self.conn:
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {sql_type}")
+            except sqlite3.OperationalError:
+                if name not in self._columns():  # not another process adding it meanwhile
+                    raise
+
+    def _select(self, columns: Iterable[str]) -> str:
+        """Comma-separated column list, a column this database lacks read as NULL."""
+        return ", ".join(f"NULL AS {c}" if c in self._missing else c for c in columns)
 
     def close(self) -> None:
         """Close the connection."""
@@ -152,39 +213,48 @@ class ResultStore:
             (problem.spec, problem.name, problem_params, method.spec, method.name,
              method_options, r.seed, budget, _real(r.final_loss), _real(r.best_loss), r.steps,
              r.steps_to_success, r.wall_time, r.status, int(r.success),
-             json.dumps(r.curve), _params_to_bytes(r.params), now)
+             json.dumps(r.curve), _params_to_bytes(r.params), now, _real(r.final_grad_norm))
             for r in results
         ]
         with self.conn:
             cursor = self.conn.executemany(
                 "INSERT OR IGNORE INTO runs (problem, problem_name, problem_params, method, "
                 "method_name, method_options, seed, budget, final_loss, best_loss, steps, "
-                "steps_to_success, wall_time, status, success, curve, params, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "steps_to_success, wall_time, status, success, curve, params, created, "
+                "final_grad_norm) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return cursor.rowcount
 
-    def rows(self, problems: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def rows(self, problems: Sequence[str] | None = None,
+             methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Stored runs as dicts (without parameters), ordered by problem, method, seed.
 
         Args:
             problems: Keep only these problems: a canonical spec, or a bare name (no ``:``)
                 matching every spec of that problem. None keeps all.
+            methods: Keep only these methods, matched the same way (canonical spec or bare
+                name). None keeps all.
 
         Returns:
             One dict per run with the keys of :data:`RESULT_COLUMNS` plus ``id``;
             ``problem_params``, ``method_options`` and ``curve`` decoded from JSON;
-            ``success`` a bool; a NULL ``final_loss`` (NaN) as ``nan``.
+            ``success`` a bool; a NULL ``final_loss`` (NaN) as ``nan``; a NULL
+            ``final_grad_norm`` (unknown) as None.
         """
-        query = f"SELECT id, {', '.join(RESULT_COLUMNS)} FROM runs"
+        query = f"SELECT id, {self._select(RESULT_COLUMNS)} FROM runs"
         args: list[str] = []
-        if problems:
-            clauses = []
-            for p in problems:
-                clauses.append("problem = ?" if ":" in p else "problem_name = ?")
-                args.append(p)
-            query += " WHERE " + " OR ".join(clauses)
+        where = []
+        for specs, column in ((problems, "problem"), (methods, "method")):
+            if specs:
+                clauses = []
+                for spec in specs:
+                    clauses.append(f"{column} = ?" if ":" in spec else f"{column}_name = ?")
+                    args.append(spec)
+                where.append("(" + " OR ".join(clauses) + ")")
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY problem, method, budget, seed"
         out = []
         for row in self.conn.execute(query, args):
@@ -214,3 +284,45 @@ class ResultStore:
         if row is None:
             raise KeyError(f"No run with id {run_id}")
         return torch.load(io.BytesIO(row[0]), weights_only=True)
+
+    def get_run(self, run_id: int) -> StoredRun:
+        """One run by id: its problem and method specs, seed, status, final loss and
+        parameters (``torch.load(..., weights_only=True)``).
+
+        Args:
+            run_id: The row's ``id`` (listed by ``synaprune results --runs``).
+
+        Returns:
+            The :class:`StoredRun`.
+
+        Raises:
+            KeyError: If there is no run with this id (one-line message in ``args[0]``).
+            TypeError: If ``run_id`` is not an integer.
+
+        Example:
+            >>> store = ResultStore(":memory:")
+            >>> try:
+            ...     store.get_run(1)
+            ... except KeyError as exc:
+            ...     print(exc.args[0].split(";")[0])
+            No run with id 1 in :memory: (it holds 0 runs)
+        """
+        if isinstance(run_id, bool) or not isinstance(run_id, int):
+            raise TypeError(f"Invalid run id {run_id!r}; expected an int")
+        columns = ("id", "problem", "method", "seed", "budget", "status", "steps", "final_loss",
+                   "final_grad_norm", "params")
+        row = self.conn.execute(f"SELECT {self._select(columns)} FROM runs WHERE id = ?",
+                                (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"No run with id {run_id} in {self.path} (it holds {self.count()} "
+                           f"runs); list the ids with: synaprune results --db {self.path} --runs")
+        params = torch.load(io.BytesIO(row["params"]), weights_only=True)
+        return StoredRun(
+            id=int(row["id"]), problem=row["problem"], method=row["method"],
+            seed=int(row["seed"]), budget=int(row["budget"]), status=row["status"],
+            steps=int(row["steps"]),
+            final_loss=math.nan if row["final_loss"] is None else float(row["final_loss"]),
+            final_grad_norm=(None if row["final_grad_norm"] is None
+                             else float(row["final_grad_norm"])),
+            params=params,
+        )

@@ -79,9 +79,6 @@ INPUT_SCALE_MIN = 1e-2
 # History trend: the gradient norm "did not shrink" when its last value is at least half its
 # first (the book's negative test, Goodfellow et al. 2016, 8.2.3).
 HISTORY_SHRINK = 0.5
-# Should Lanczos fail on a tiny model (its Krylov space filling up), up to this many parameters
-# the operator is assembled from n Hessian-vector products instead (as cheap as Lanczos there).
-SMALL_MODEL = 200
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _RELU_TYPES = (nn.ReLU,)
@@ -246,32 +243,22 @@ def diagnose(
         grad_norm = float(torch.linalg.vector_norm(g))
         param_norm = float(torch.linalg.vector_norm(torch.cat([p.detach().reshape(-1)
                                                                for p in params])))
+        # k from each end, and never more than n in all: with 2 * kk == n Lanczos runs until
+        # its basis spans the whole space, where its Ritz values are the exact eigenvalues.
         kk = max(1, min(k, n // 2))
         if n >= 2:
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", ConvergenceWarning)
-                    res = lanczos(op, kk, which="both", tol=lanczos_tol, maxiter=lanczos_maxiter,
-                                  generator=torch.Generator().manual_seed(seed))
-                eig = res.eigenvalues.tolist()
-                converged = res.converged
-                if caught:
-                    notes.append("Lanczos stopped before meeting its tolerance; eigenvalues are "
-                                 "approximate")
-            except RuntimeError as exc:
-                if n > SMALL_MODEL:
-                    raise
-                # Lanczos can fail on a tiny operator whose Krylov space fills up; with n <= 200,
-                # n products with the unit vectors give the whole (symmetrised) operator.
-                notes.append(f"Lanczos failed ({exc}); eigenvalues from {n} Hessian-vector "
-                             "products with the unit vectors instead")
-                eye = torch.eye(n, dtype=op.dtype)
-                cols = torch.stack([op.matvec(eye[i]) for i in range(n)], 1).to(torch.float64)
-                all_eig = torch.linalg.eigvalsh((cols + cols.T) / 2).tolist()
-                eig = all_eig[:kk] + all_eig[n - kk:]
-                converged = True
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                res = lanczos(op, kk, which="both", tol=lanczos_tol, maxiter=lanczos_maxiter,
+                              generator=torch.Generator().manual_seed(seed))
+            eig = res.eigenvalues.tolist()
+            converged = res.converged
+            if caught:
+                notes.append("Lanczos stopped before meeting its tolerance; eigenvalues are "
+                             "approximate")
             smallest, largest = eig[:kk], eig[kk:]
         else:
+            # One parameter: the 1 x 1 Hessian is one Hessian-vector product with v = [1].
             val = float(op.matvec(torch.ones(1, dtype=op.dtype))[0])
             smallest, largest, converged = [val], [val], True
     max_abs = max(abs(smallest[0]), abs(largest[-1]))

@@ -1,8 +1,9 @@
-"""``synaprune diagnose``: diagnose a saved model on a data file.
+"""``synaprune diagnose``: diagnose a saved model on a data file, or a run of the lab.
 
     synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
     synaprune diagnose --model mymodels:build --checkpoint weights.pt --data data.npz \\
         --loss cross-entropy --format json
+    synaprune diagnose --db results.db --run 7      # ids: synaprune results --db results.db --runs
 
 ``--model`` is either ``mlp:W0-W1-...-WL:ACT`` (layer widths, then the hidden activation; the
 model is ``nn.Sequential(Linear(W0, W1), ACT, ..., Linear(W(L-1), WL))``, so a state dict saved
@@ -13,6 +14,14 @@ The data file is an ``.npz`` with arrays ``x`` [N, ...] and ``y`` ([N] or [N, ou
 ``--loss mse``; [N] integer class labels for ``--loss cross-entropy``). The diagnosis runs in
 float64. A ``torch.export`` program saved with ``torch.export.save`` (``--checkpoint
 model.pt2``, exported with a dynamic batch dimension) needs no ``--model``.
+
+``--db results.db --run ID`` diagnoses the final parameters of one run stored by ``synaprune
+bench``: the model is ``get_problem(problem).build_model(seed)`` (buffers as built) with the
+stored parameters loaded strictly, the data are the problem's training split and the loss is the
+problem's own mean loss (``problem.loss_fn``), so the diagnosis is of the objective the run
+minimised. A problem whose loss is exact (``teacher-student`` with ``exact=True``) has no data,
+and :func:`~synaprune.diagnose.diagnose` needs data; such runs are refused rather than diagnosed on
+samples, whose empirical loss is a different function with a different gradient.
 """
 
 from __future__ import annotations
@@ -21,15 +30,21 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
+import sqlite3
 import sys
 import zipfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from synaprune.bench.store import StoredRun
+    from synaprune.problems import Problem
 
 
 def _usage_error_type() -> type[Exception]:
@@ -123,6 +138,39 @@ def build_model(spec: str) -> nn.Module:
     return model
 
 
+def _check_state(model_state: dict[str, Tensor], state: Any, what: str,
+                 model: str = "the model") -> None:
+    """Check that ``state`` is a dict of tensors with exactly the keys and shapes of
+    ``model_state`` and finite values.
+
+    Args:
+        model_state: Tensors by name that the model expects.
+        state: What was loaded.
+        what: Names ``state`` in messages, e.g. ``"checkpoint w.pt"``.
+        model: Names the model in messages.
+
+    Raises:
+        UsageError: not a state dict, missing or unexpected keys, wrong shapes, NaN or inf.
+    """
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise _usage(f"{what} is not a state dict (a dict of parameter names to "
+                     f"tensors); got {type(state).__name__}")
+    missing = [k for k in model_state if k not in state]
+    unexpected = [k for k in state if k not in model_state]
+    if missing or unexpected:
+        raise _usage(f"{what} does not match {model}: missing keys "
+                     f"{missing or 'none'}, unexpected keys {unexpected or 'none'}")
+    wrong = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in model_state.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise _usage(f"{what} does not match {model}: shapes (stored vs model) differ "
+                     f"for {'; '.join(wrong)}")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise _usage(f"{what} holds NaN or inf values in {', '.join(bad)}")
+
+
 def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a state dict (``torch.load(..., weights_only=True)``) into ``model``, strictly.
 
@@ -142,24 +190,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         detail = (after or text or type(exc).__name__).strip().split(". ")[0]
         raise _usage(f"cannot read checkpoint {path} as weights only (a state dict saved "
                          f"with torch.save): {detail}") from None
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise _usage(f"checkpoint {path} is not a state dict (a dict of parameter names to "
-                         f"tensors); got {type(state).__name__}")
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise _usage(f"checkpoint {path} does not match the model: missing keys "
-                         f"{missing or 'none'}, unexpected keys {unexpected or 'none'}")
-    wrong = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-             if state[k].shape != v.shape]
-    if wrong:
-        raise _usage(f"checkpoint {path} does not match the model: shapes (checkpoint vs "
-                         f"model) differ for {'; '.join(wrong)}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise _usage(f"checkpoint {path} holds NaN or inf values in {', '.join(bad)}")
+    _check_state(model.state_dict(), state, f"checkpoint {path}")
     model.load_state_dict(state)
 
 
@@ -259,13 +290,141 @@ def _check_fit(model: nn.Module, x: Tensor, y: Tensor, loss: str) -> Tensor:
                      "example")
 
 
+def _list_hint(db: str) -> str:
+    return f"list the ids with: synaprune results --db {db} --runs"
+
+
+def load_run(db: str, run: str | int) -> tuple[StoredRun, Problem, nn.Module]:
+    """The stored run ``run`` of results database ``db``, its problem, and its model at the
+    run's final parameters (float64, eval mode).
+
+    The model is ``problem.build_model(seed)`` with every parameter replaced by the stored one
+    (names and shapes checked strictly, values finite); buffers stay as built.
+
+    Args:
+        db: Path of a results database written by ``synaprune bench``.
+        run: The run's id (an int, or its decimal string as typed on the command line).
+
+    Returns:
+        ``(stored run, problem, model)``.
+
+    Raises:
+        UsageError: not an integer id, a missing or unreadable file, a file that is not a
+            results database, an unknown id, a diverged run, a problem that cannot be
+            rebuilt, parameters that do not fit the model, or a problem without data.
+    """
+    from synaprune.bench.store import ResultStore
+    from synaprune.problems import get_problem
+
+    try:
+        run_id = int(run)
+    except ValueError:
+        raise _usage(f"--run must be an integer run id, got {run!r}; {_list_hint(db)}") from None
+    try:
+        store = ResultStore(db, readonly=True)
+    except FileNotFoundError:
+        raise _usage(f"cannot read database {db}: no such file") from None
+    except (sqlite3.Error, OSError) as exc:
+        if "no such table" in str(exc):
+            raise _usage(f"{db} is not a results database (it has no runs table); write one "
+                         f"with: synaprune bench --db {db} ...") from None
+        raise _usage(f"cannot read database {db}: {exc}") from None
+    try:
+        stored = store.get_run(run_id)
+    except KeyError as exc:
+        raise _usage(str(exc.args[0])) from None
+    except sqlite3.Error as exc:
+        raise _usage(f"cannot read run {run_id} from {db} (not a results database?): "
+                     f"{exc}") from None
+    except Exception as exc:  # torch.load of the stored bytes
+        detail = " ".join(str(exc).split()).split(". ")[0]
+        raise _usage(f"cannot read the stored parameters of run {run_id} in {db} as weights "
+                     f"only: {type(exc).__name__}: {detail}") from None
+    finally:
+        store.close()
+    if stored.status == "diverged":
+        raise _usage(f"run {run_id} diverged (its loss became NaN or inf): its final parameters "
+                     "are no point to diagnose; pick a run whose status is ok or budget")
+    try:
+        problem = get_problem(stored.problem)
+    except (ValueError, KeyError) as exc:
+        raise _usage(f"cannot rebuild the problem {stored.problem!r} of run {run_id}: "
+                     f"{str(exc).strip(chr(34) + chr(39))}") from None
+    if not problem.per_example:
+        raise _usage(f"run {run_id} is on {problem.spec}, whose loss is exact (no data) and "
+                     "diagnose needs data; runs of a problem with data (e.g. teacher-student:"
+                     "exact=false) can be diagnosed")
+    model = problem.build_model(stored.seed)
+    _check_state({k: v.detach() for k, v in model.named_parameters()}, stored.params,
+                 f"the stored parameters of run {run_id}", f"the model of {problem.spec}")
+    state = model.state_dict()
+    state.update(stored.params)
+    model.load_state_dict(state, strict=True)
+    model = model.double()
+    model.eval()
+    return stored, problem, model
+
+
+def _run_header(stored: StoredRun, db: str) -> str:
+    grad = ("unknown" if stored.final_grad_norm is None
+            else f"{stored.final_grad_norm:.6g}")
+    return (f"Run {stored.id} of {db}: problem {stored.problem}, method {stored.method}, seed "
+            f"{stored.seed}\n  status {stored.status} after {stored.steps} of {stored.budget} "
+            f"steps, final loss {stored.final_loss:.6g}, final gradient norm {grad} (as "
+            "recorded)")
+
+
+def _run_stored(args: argparse.Namespace) -> int:
+    from synaprune.diagnose._diagnose import diagnose
+
+    if args.db is None:
+        raise _usage("--run needs --db, the results database that holds the run")
+    if args.run is None:
+        raise _usage(f"--db needs --run ID, the id of the run to diagnose; "
+                     f"{_list_hint(args.db)}")
+    if args.loss is not None:
+        raise _usage("--loss does not apply to --db/--run: a stored run is diagnosed with its "
+                     "problem's own loss")
+    stored, problem, model = load_run(args.db, args.run)
+    x, y = problem.data("train")  # type: ignore[misc]
+    diag = diagnose(model, problem.loss_fn, (x, y), k=args.k, seed=args.seed)
+    recorded = stored.final_loss
+    if abs(diag.loss - recorded) > 1e-8 * max(abs(recorded), 1e-12):
+        diag.notes.append(f"the loss at the stored parameters ({diag.loss:.10g}) differs from "
+                          f"the run's recorded final loss ({recorded:.10g}): the problem's "
+                          "definition may have changed since the run")
+    if args.format == "json":
+        run_info = {"id": stored.id, "db": args.db, "problem": stored.problem,
+                    "method": stored.method, "seed": stored.seed, "budget": stored.budget,
+                    "status": stored.status, "steps": stored.steps,
+                    "final_loss": stored.final_loss if math.isfinite(stored.final_loss) else None,
+                    "final_grad_norm": stored.final_grad_norm}
+        print(json.dumps({"run": run_info, **diag.to_dict()}, indent=2))
+    else:
+        print(_run_header(stored, args.db))
+        print(diag.format())
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from synaprune.diagnose._diagnose import diagnose
 
-    if args.loss not in LOSSES:
-        raise _usage(f"unknown loss {args.loss!r}; expected one of {', '.join(LOSSES)}")
     if args.k < 1:
         raise _usage(f"--k must be a positive integer, got {args.k}")
+    stored_run = args.db is not None or args.run is not None
+    saved_model = [f"--{name}" for name in ("model", "checkpoint", "data")
+                   if getattr(args, name) is not None]
+    if stored_run and saved_model:
+        raise _usage(f"--db/--run (a stored run) and {'/'.join(saved_model)} (a saved model) "
+                     "exclude each other: give one or the other")
+    if stored_run:
+        return _run_stored(args)
+    if args.checkpoint is None or args.data is None:
+        raise _usage("nothing to diagnose without --checkpoint and --data (a saved model and "
+                     "its data), or --db and --run (a run stored by synaprune bench)")
+    args.loss = "mse" if args.loss is None else args.loss
+    if args.loss not in LOSSES:
+        raise _usage(f"unknown loss {args.loss!r}; expected one of {', '.join(LOSSES)}")
     if args.checkpoint.endswith(".pt2"):
         if args.model:
             raise _usage("a torch.export program (.pt2) holds its own model: leave out "
@@ -306,9 +465,16 @@ def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--model", default=None,
                    help="mlp:WIDTHS:ACTIVATION (e.g. mlp:4-8-1:tanh) or module:function")
-    p.add_argument("--checkpoint", required=True, help="state dict saved with torch.save")
-    p.add_argument("--data", required=True, help=".npz file with arrays x and y")
-    p.add_argument("--loss", default="mse", help="mse (default) or cross-entropy")
+    p.add_argument("--checkpoint", default=None, help="state dict saved with torch.save")
+    p.add_argument("--data", default=None, help=".npz file with arrays x and y")
+    p.add_argument("--loss", default=None,
+                   help="mse (default) or cross-entropy; not with --db (a run has its loss)")
+    p.add_argument("--db", default=None,
+                   help="results database of synaprune bench; with --run, instead of "
+                        "--model/--checkpoint/--data")
+    p.add_argument("--run", default=None,
+                   help="id of the run in --db to diagnose (synaprune results --db X --runs "
+                        "lists them)")
     p.add_argument("--format", default="text", choices=("text", "json"), help="output format")
     p.add_argument("--k", type=int, default=5, help="Hessian eigenvalues from each end")
     p.add_argument("--seed", type=int, default=0, help="seed of Lanczos' start vector")

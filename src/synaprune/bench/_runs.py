@@ -1,0 +1,147 @@
+"""One line per stored run, for ``synaprune results --runs``: how users find run ids.
+
+    synaprune results --db results.db --runs --problem xor --method gd
+    synaprune diagnose --db results.db --run 7
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from synaprune.bench.methods import get_method, list_methods
+
+__all__ = ["RUN_FIELDS", "format_runs", "method_matcher"]
+
+# The columns of the listing, in order.
+RUN_FIELDS = ("id", "problem", "method", "seed", "budget", "status", "steps", "final_loss",
+              "final_grad_norm")
+
+
+def _typed_keys(rest: str) -> list[str]:
+    """Option names typed after the ``:`` of a method spec (commas inside brackets kept)."""
+    keys, depth, start = [], 0, 0
+    for i, ch in enumerate(rest + ","):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            key = rest[start:i].partition("=")[0].strip()
+            if key:
+                keys.append(key)
+            start = i + 1
+    return keys
+
+
+def method_matcher(specs: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
+    """A test of stored runs against ``--method`` filters.
+
+    A bare name (``adam``) matches every run of that method; a spec (``adam:lr=0.05``) matches
+    the runs of that method whose stored options have the values typed, whatever their other
+    options (defaults may have been tuned per problem when the run was made).
+
+    Args:
+        specs: The filters; an empty sequence matches every run.
+
+    Returns:
+        ``match(row) -> bool`` for rows of :meth:`synaprune.bench.ResultStore.rows`.
+
+    Raises:
+        ValueError: One line, for an unknown method, option or value.
+
+    Example:
+        >>> match = method_matcher(["adam:lr=0.05"])
+        >>> match({"method_name": "adam", "method_options": {"lr": 0.05, "eps": 1e-8}})
+        True
+        >>> match({"method_name": "adam", "method_options": {"lr": 0.01, "eps": 1e-8}})
+        False
+    """
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    for spec in specs:
+        name, _, rest = spec.strip().partition(":")
+        name = name.strip()
+        if name not in list_methods():
+            raise ValueError(f"Unknown method '{name}'; choose from: {', '.join(list_methods())}")
+        options = get_method(spec).options  # validates names and values
+        # JSON round trip: compared with the stored JSON (tuples as lists)
+        typed = {k: json.loads(json.dumps(options[k])) for k in _typed_keys(rest)}
+        wanted.append((name, typed))
+
+    def match(row: dict[str, Any]) -> bool:
+        if not wanted:
+            return True
+        stored = row["method_options"]
+        return any(row["method_name"] == name
+                   and all(k in stored and stored[k] == v for k, v in typed.items())
+                   for name, typed in wanted)
+
+    return match
+
+
+def _finite(value: Any) -> Any:
+    """None for NaN, inf and None; the value otherwise."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value
+
+
+def _number(value: Any) -> str:
+    return "-" if _finite(value) is None else f"{value:.6g}"
+
+
+def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+    """Format stored runs, one per line, with the fields of :data:`RUN_FIELDS`.
+
+    Args:
+        rows: Runs as returned by :meth:`synaprune.bench.ResultStore.rows`.
+        fmt: ``"table"`` (aligned text, long specs last), ``"csv"`` (a header line; an unknown
+            or non-finite number is an empty field) or ``"json"`` (a list of objects; such a
+            number is null).
+
+    Returns:
+        The text, ending with a newline (for ``"table"``, a note when there are no runs).
+
+    Raises:
+        ValueError: For an unknown format.
+
+    Example:
+        >>> row = {"id": 3, "problem": "xor:hidden=2", "method": "gd:lr=0.1", "seed": 0,
+        ...        "budget": 50, "status": "budget", "steps": 50, "final_loss": 0.25,
+        ...        "final_grad_norm": None}
+        >>> print(format_runs([row], "csv"), end="")
+        id,problem,method,seed,budget,status,steps,final_loss,final_grad_norm
+        3,xor:hidden=2,gd:lr=0.1,0,50,budget,50,0.25,
+    """
+    records = [{k: _finite(row[k]) for k in RUN_FIELDS} for row in rows]
+    if fmt == "json":
+        return json.dumps(records, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(RUN_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return buffer.getvalue()
+    if fmt != "table":
+        raise ValueError(f"Unknown format '{fmt}'; choose from: table, csv, json")
+    if not records:
+        return "no runs match\n"
+    header = ["id", "seed", "status", "steps", "final loss", "final grad norm", "problem",
+              "method"]
+    lines = [[str(r["id"]), str(r["seed"]), str(r["status"]), f"{r['steps']}/{r['budget']}",
+              _number(r["final_loss"]), _number(r["final_grad_norm"]), str(r["problem"]),
+              str(r["method"])] for r in records]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    right = {0, 1, 3, 4, 5}  # numbers right-aligned
+
+    def fmt_line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    out = [fmt_line(header), fmt_line(["-" * w for w in widths])]
+    out.extend(fmt_line(line) for line in lines)
+    return "\n".join(out) + "\n"
