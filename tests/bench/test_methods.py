@@ -26,7 +26,8 @@ def test_public_names_import() -> None:
 
 
 def test_list_methods() -> None:
-    assert list_methods() == ["adam", "gd", "gradient-noise", "momentum", "perturbed-gd", "sam",
+    assert list_methods() == ["adam", "gd", "gradient-noise", "momentum", "perturbed-gd",
+                              "saddle-free-newton", "sam",
                               "sgd", "synaprune", "synaprune-a", "synaprune-ab", "synaprune-ac",
                               "synaprune-b", "synaprune-bc", "synaprune-c"]
 
@@ -120,3 +121,35 @@ def test_make_optimizer_builds_the_noisy_optimizers() -> None:
     gens = [torch.Generator(), torch.Generator()]
     assert sab.make_optimizer([stacked], gens).num_models == 2
     assert get_method("perturbed-gd").make_optimizer([stacked], gens).num_models == 2
+
+
+def test_tuned_defaults_apply_per_problem_and_yield_to_explicit_options(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaprune.bench import _tuned
+
+    monkeypatch.setattr(_tuned, "TUNED", {"xor": {"gd": {"lr": 3.0},
+                                                  "adam": {"lr": 0.03, "eps": 1e-6}}})
+    assert get_method("gd").lr == 0.1  # no problem: the class's own default
+    assert get_method("gd", problem="xor").lr == 3.0
+    assert get_method("gd", problem="xor:hidden=3").lr == 3.0  # the name counts, not the spec
+    assert get_method("gd", problem="spirals").lr == 0.1  # not tuned there
+    assert get_method("gd:lr=0.5", problem="xor").lr == 0.5  # the spec wins
+    assert get_method("adam", problem="xor", lr=0.2).spec == get_method(
+        "adam:lr=0.2,eps=1e-6").spec  # overrides win, other tuned options stay
+    methods = parse_method_list("gd,adam:eps=1e-3", problem="xor")
+    assert [m.spec for m in methods] == [get_method("gd:lr=3").spec,
+                                         get_method("adam:lr=0.03,eps=1e-3").spec]
+
+
+def test_every_shipped_tuned_option_builds_a_valid_method() -> None:
+    from synaprune.bench._tuned import TUNED
+    from synaprune.problems import list_problems
+
+    for problem, methods in TUNED.items():
+        assert problem in list_problems()
+        for name, options in methods.items():
+            assert name in list_methods()
+            method = get_method(name, problem=problem)
+            for key, value in options.items():  # every tuned value really applied
+                got = getattr(method, key)
+                assert (list(got) if isinstance(got, tuple) else got) == value, (problem, name)

@@ -44,6 +44,9 @@ CASES = [
     ("xor:hidden=3", "synaprune-bc:lr=1,beta=0.01,noise=0.1,noise_trigger=always", 60),
     ("spirals:N=40", "synaprune:lr=0.5,beta=0.01,noise=0.05,noise_trigger=always,batch_size=8,"
      "momentum=0.9", 40),
+    # mechanism C on models that are not nn.Sequential (hidden modules found or named)
+    ("teacher-student:exact=false,k=4,N=60", "synaprune-c:lr=0.3,beta=0.1", 40),
+    ("gaussians:N=40", "synaprune-bc:lr=0.3,beta=0.1,noise=0.1,noise_trigger=always", 40),
 ]
 IDS = [f"{p}|{m}" for p, m, _ in CASES]
 

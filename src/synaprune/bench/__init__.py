@@ -1,9 +1,11 @@
 """The lab: train many seeds of problems x methods at once, store and summarise the runs.
 
 * :mod:`~synaprune.bench.methods`: the method registry (``gd``, ``sgd``, ``momentum``,
-  ``adam``, ``perturbed-gd``, ``gradient-noise``, ``sam``, ``synaprune-a``, ``synaprune-b``,
-  ``synaprune-ab``, ``synaprune-c``, ``synaprune-ac``, ``synaprune-bc``, ``synaprune``), each
-  a small dataclass with ``make_optimizer(params, generator)``.
+  ``adam``, ``perturbed-gd``, ``gradient-noise``, ``sam``, ``saddle-free-newton``,
+  ``synaprune-a``, ``synaprune-b``, ``synaprune-ab``, ``synaprune-c``, ``synaprune-ac``,
+  ``synaprune-bc``, ``synaprune``), each a small dataclass with
+  ``make_optimizer(params, generator)``; :func:`get_method` with ``problem=`` starts from the
+  options tuned on that problem (:func:`tuned_options`, ``docs/tuning.md``).
 * :mod:`~synaprune.bench.noisy`: the baselines' optimizers :class:`PerturbedGD`,
   :class:`GradientNoise`, :class:`SAM` (one model, or S stacked models with S generators).
 * :func:`run_seeds`: S seeds of one (problem, method) vectorised over seeds
@@ -31,6 +33,7 @@ from synaprune.bench.methods import (
     MinibatchSGD,
     Momentum,
     PerturbedGDMethod,
+    SaddleFreeNewtonMethod,
     SAMMethod,
     SynaPruneA,
     SynaPruneAB,
@@ -42,6 +45,7 @@ from synaprune.bench.methods import (
     get_method,
     list_methods,
     parse_method_list,
+    tuned_options,
 )
 from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
 from synaprune.bench.runner import (
@@ -72,6 +76,7 @@ __all__ = [
     "ResultStore",
     "RunResult",
     "SAMMethod",
+    "SaddleFreeNewtonMethod",
     "Summary",
     "SweepReport",
     "SynaPruneA",
@@ -93,5 +98,6 @@ __all__ = [
     "run_single",
     "summarize",
     "sweep",
+    "tuned_options",
     "wilson_interval",
 ]

@@ -20,7 +20,9 @@ cross-seed computation); its result is taken at the moment it stopped.
 Noise: seed s's optimizer noise comes from its own generator, :func:`noise_generator` (s), in both
 runners (a sequence of S generators makes the optimizer work in stacked mode). Methods that need a
 closure (``method.needs_closure``, e.g. ``sam``) get one that re-evaluates the loss on the same
-batch at the current parameters and back-propagates.
+batch at the current parameters and back-propagates; methods that differentiate the loss
+themselves (``method.loss_closure``, ``saddle-free-newton``) get one that returns it with its
+graph and does not back-propagate (in :func:`run_seeds`: the sum over the active seeds).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from synaprune.bench.methods import Method
-from synaprune.bench.penalty import StackedPenalty
+from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
 from synaprune.optim.penalty import ACTIVATIONS
 from synaprune.probes import PerExampleGradStats
@@ -148,7 +150,8 @@ def check_compatible(problem: Problem, method: Method) -> None:
     """Raise ValueError if ``method`` cannot train ``problem``.
 
     Minibatches, per-example statistics and mechanism C need a problem with per-example losses;
-    mechanism C also needs an ``nn.Sequential`` model.
+    mechanism C also needs hidden modules to penalise (see
+    :func:`synaprune.bench.penalty.hidden_module_names`).
 
     Args:
         problem: The problem.
@@ -166,10 +169,10 @@ def check_compatible(problem: Problem, method: Method) -> None:
                              f"problem '{problem.spec}' has only {n} training examples")
         if method.penalty is not None:
             model = problem.build_model(0)
-            if not isinstance(model, torch.nn.Sequential):
-                raise ValueError(f"Method '{method.name}' penalises hidden activations layer by "
-                                 f"layer, which needs an nn.Sequential model; problem "
-                                 f"'{problem.spec}' builds {type(model).__name__}")
+            if not hidden_module_names(problem, model):
+                raise ValueError(f"Method '{method.name}' penalises hidden activations, but "
+                                 f"problem '{problem.spec}' builds {type(model).__name__} "
+                                 "without activation modules (name them in hidden_modules)")
         return
     if method.batch_size is not None:
         raise ValueError(f"Method '{method.name}' uses minibatches but problem "
@@ -223,7 +226,7 @@ def run_single(
     Args:
         problem: The problem.
         method: The method; ``method.make_optimizer(model.parameters(), generator)`` is
-            stepped (with a closure if ``method.needs_closure``).
+            stepped (with a closure if ``method.needs_closure`` or ``method.loss_closure``).
         seed: Model seed (also the minibatch seed).
         steps: Budget of optimizer steps (>= 0).
         curve_points: Points of the downsampled curve.
@@ -239,8 +242,10 @@ def run_single(
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
-    penalty = (ActivationGradientPenalty(model, beta=method.penalty[0], gamma=method.penalty[1])
-               if method.penalty is not None else None)
+    penalty = (ActivationGradientPenalty(
+        model, beta=method.penalty[0], gamma=method.penalty[1],
+        layers=[model.get_submodule(n) for n in hidden_module_names(problem, model)])
+        if method.penalty is not None else None)
     sampler = None
     if method.batch_size is not None:
         x_all, y_all = problem.data("train")  # type: ignore[misc]
@@ -288,7 +293,15 @@ def run_single(
         if t in record:
             point[2] = _finite_or_none(_grad_norm(grads))
             curve.append(point)
-        if method.needs_closure:
+        if method.loss_closure:
+
+            def loss_closure(batch: Tensor | None = None if sampler is None else idx) -> Tensor:
+                # The optimizer differentiates the loss itself: its graph, no backward.
+                return (problem.loss(model) if batch is None
+                        else problem.loss(model, x_all[batch], y_all[batch]))
+
+            opt.step(loss_closure)
+        elif method.needs_closure:
 
             def closure(batch: Tensor | None = None if sampler is None else idx) -> Tensor:
                 opt.zero_grad()
@@ -586,7 +599,18 @@ def run_seeds(
                 for i in idx_active:
                     curves[i].append([t, _finite_or_none(full_list[i]),
                                       _finite_or_none(norms[i])])
-        if method.needs_closure:
+        if method.loss_closure:
+
+            def loss_closure(mask: Tensor = active,
+                             batch: Tensor | None = idx if samplers else None) -> Tensor:
+                # The sum over active seeds, graph kept, no backward: its Hessian is block
+                # diagonal, and a stopped seed's block is zero, so it gets a zero step.
+                again = (v_full(params, buffers) if batch is None
+                         else v_batch(params, buffers, x_all[batch], y_all[batch]))
+                return torch.where(mask, again, 0.0).sum()
+
+            opt.step(loss_closure)
+        elif method.needs_closure:
 
             def closure(mask: Tensor = active,
                         batch: Tensor | None = idx if samplers else None) -> Tensor:
