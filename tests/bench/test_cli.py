@@ -29,7 +29,7 @@ def _run(argv: list[str]) -> int:
 
 
 BENCH = ["bench", "--problem", "teacher-student:k=4", "--method", "gd,adam:lr=0.05",
-         "--seeds", "6", "--steps", "110", "--batch-seeds", "4", "--quiet"]
+         "--seeds", "6", "--steps", "110", "--batch-seeds", "4", "--quiet", "--defaults", "plain"]
 
 
 def test_bench_writes_runs_and_prints_summary(tmp_path: Path, capsys) -> None:
@@ -133,3 +133,58 @@ def test_bench_progress_bar_goes_to_stderr(tmp_path: Path, capsys) -> None:
     captured = capsys.readouterr()
     assert "3/3" in captured.err  # tqdm's final count
     assert "problem: xor:hidden=2" in captured.out and "3/3" not in captured.out
+
+
+def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "r.db")
+    _run([*BENCH, "--db", db])
+    capsys.readouterr()
+    with ResultStore(db) as store:
+        stored = {r["id"]: r for r in store.rows()}
+    assert _run(["results", "--db", db, "--runs", "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(r["id"] for r in listed) == sorted(stored)
+    for r in listed:
+        row = stored[r["id"]]
+        assert list(r) == ["id", "problem", "method", "seed", "budget", "status", "steps",
+                           "final_loss", "final_grad_norm"]
+        assert (r["problem"], r["method"], r["seed"], r["status"], r["final_loss"]) == (
+            row["problem"], row["method"], row["seed"], row["status"], row["final_loss"])
+        assert r["final_grad_norm"] == row["final_grad_norm"]
+
+    _run(["results", "--db", db, "--runs", "--method", "gd", "--format", "csv"])
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(records) == 6 and {r["method"].split(":")[0] for r in records} == {"gd"}
+    assert [int(r["seed"]) for r in records] == list(range(6))
+
+    _run(["results", "--db", db, "--runs", "--problem", "teacher-student", "--method",
+          "adam:lr=0.05"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["id", "seed", "status", "steps", "final", "loss", "final",
+                                "grad", "norm", "problem", "method"]
+    assert len(table) == 2 + 6 and all("adam:" in line for line in table[2:])
+
+    _run(["results", "--db", db, "--runs", "--problem", "xor"])
+    assert capsys.readouterr().out == "no runs match\n"
+    _run(["results", "--db", db, "--runs", "--method", "adam:lr=0.01"])  # no run has lr=0.01
+    assert capsys.readouterr().out == "no runs match\n"
+    # --method also filters the summary
+    _run(["results", "--db", db, "--method", "adam", "--format", "json"])
+    assert [d["method"].split(":")[0] for d in json.loads(capsys.readouterr().out)] == ["adam"]
+    with pytest.raises(UsageError, match="Unknown method 'rmsprop'"):
+        _run(["results", "--db", db, "--runs", "--method", "rmsprop"])
+
+
+def test_bench_takes_the_options_tuned_on_each_problem(tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from synaprune.bench import _tuned
+
+    monkeypatch.setattr(_tuned, "TUNED", {"xor": {"gd": {"lr": 2.5}}})
+    db = str(tmp_path / "r.db")
+    common = ["bench", "--problem", "xor", "--problem", "spirals:N=20", "--method", "gd",
+              "--seeds", "2", "--steps", "3", "--quiet", "--db", db]
+    assert _run(common) == 0
+    assert _run([*common, "--defaults", "plain"]) == 0
+    with ResultStore(db) as store:
+        methods = {(r["problem_name"], r["method"]) for r in store.rows()}
+    assert methods == {("xor", "gd:lr=2.5"), ("xor", "gd:lr=0.1"), ("spirals", "gd:lr=0.1")}

@@ -1,17 +1,14 @@
-"""Regression (FAILS at the time of writing): a repeated eigenvalue is missed, yet the result
-says ``converged=True``, when the Krylov space first becomes invariant at the very product at
-which every wanted Ritz pair meets the tolerance.
+"""Regression: a repeated eigenvalue was missed, yet the result said ``converged=True``, when the
+Krylov space first became invariant at the very product at which every wanted Ritz pair met the
+tolerance.
 
 Found by reverting diagnose()'s small-model fallback: on tiny networks (a linear 2-2-1 MLP, a
 ReLU net with dead units) with k from both ends close to n/2, 67 of 2050 diagnoses returned a
 spectrum with one copy of a repeated eigenvalue missing (an interior eigenvalue in its place).
-
-Cause (``lanczos.py``): the acceptance test reads ``if not seen_invariant: done = True``, so when
-``invariant`` turns True at the same product at which the wanted pairs converge (their residuals
-are 0 because the space is invariant), the iteration accepts without the fresh Krylov sequence
-that would find the further copies. Accepting only when ``not seen_invariant and not invariant``
-(so that branch falls through to the restart with a random orthogonal vector) makes both tests
-below pass, and tests/curvature and tests/diagnose still pass with it.
+The acceptance test read ``if not seen_invariant: done = True``, so when ``invariant`` turned True
+at the same product at which the wanted pairs converged (their residuals are 0 because the space
+is invariant), the iteration accepted without the fresh Krylov sequence that finds the further
+copies. It now accepts there only when the space is not invariant.
 """
 
 from __future__ import annotations

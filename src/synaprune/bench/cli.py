@@ -74,10 +74,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch_seeds < 1:
         raise _usage_error(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
     problems = _problems(args.problem)
+    # Options not given on the command line take the values tuned on each problem
+    # (docs/tuning.md), unless --defaults plain asks for the methods' own defaults.
+    methods: dict[str, list[Method]] = {}
     try:
-        methods: list[Method] = parse_method_list(",".join(args.method))
         for problem in problems:
-            for method in methods:
+            methods[problem.spec] = parse_method_list(
+                ",".join(args.method), problem=problem.name if args.defaults == "tuned" else None)
+            for method in methods[problem.spec]:
                 check_compatible(problem, method)
     except ValueError as exc:
         raise _usage_error(str(exc)) from None
@@ -92,18 +96,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
 
 
-def _bench(args: argparse.Namespace, problems: list[Problem], methods: list[Method],
+def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str, list[Method]],
            seeds: list[int]) -> int:
     store = _open_store(args.db, readonly=False)
     try:
-        total = len(problems) * len(methods) * len(seeds)
+        total = sum(len(m) for m in methods.values()) * len(seeds)
         bar: Any = None
         if not args.quiet:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
         for problem in problems:
-            for method in methods:
+            for method in methods[problem.spec]:
                 done = len(store.done_seeds(problem, method, args.steps) & set(seeds))
                 if bar is not None:
                     bar.set_description(f"{problem.name} {method.name}")
@@ -117,9 +121,9 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: list[Meth
                       on_step=on_step, on_batch=bar.update if bar is not None else None)
         if bar is not None:
             bar.close()
-        specs = {m.spec for m in methods}
         rows = [r for r in store.rows([p.spec for p in problems])
-                if r["method"] in specs and r["budget"] == args.steps
+                if r["method"] in {m.spec for m in methods[r["problem"]]}
+                and r["budget"] == args.steps
                 and args.seed_start <= r["seed"] < args.seed_start + args.seeds]
         print(format_summaries(summarize(rows), "table"))
     finally:
@@ -128,7 +132,7 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: list[Meth
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    """Run ``synaprune results``: summarise a results database.
+    """Run ``synaprune results``: summarise a results database, or list its runs (``--runs``).
 
     Args:
         args: Parsed arguments of :func:`add_results_parser`.
@@ -137,8 +141,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         Exit status 0.
 
     Raises:
-        UsageError: For an unreadable database, an unknown problem or a bad format.
+        UsageError: For an unreadable database, an unknown problem or method or a bad format.
     """
+    from synaprune.bench._runs import format_runs, method_matcher
+
     if args.format not in FORMATS:
         raise _usage_error(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
     filters: list[str] = []
@@ -150,13 +156,20 @@ def cmd_results(args: argparse.Namespace) -> int:
         else:
             raise _usage_error(f"Unknown problem '{spec}'; choose from: "
                              f"{', '.join(list_problems())}")
+    try:
+        match = method_matcher(args.method or [])
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
     store = _open_store(args.db, readonly=True)
     try:
-        rows = store.rows(filters or None)
+        rows = [r for r in store.rows(filters or None) if match(r)]
     except sqlite3.Error as exc:
         raise _usage_error(f"cannot read database '{args.db}': {exc}") from None
     finally:
         store.close()
+    if args.runs:
+        print(format_runs(rows, args.format), end="")
+        return 0
     text = format_summaries(summarize(rows), args.format)
     print(text, end="" if text.endswith("\n") else "\n")
     return 0
@@ -190,6 +203,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="torch intra-op threads while training (default 1: the tensors of one "
                         "step are small, and more threads were several times slower in "
                         "docs/benchmarks-seed-batching.md)")
+    p.add_argument("--defaults", choices=("tuned", "plain"), default="tuned",
+                   help="options not given in a method spec: 'tuned' (default) takes the values "
+                        "tuned on each problem (docs/tuning.md), 'plain' the method's own")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
     return p
@@ -205,12 +221,19 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
         The new subparser (its ``func`` default is :func:`cmd_results`).
     """
     p = subparsers.add_parser(
-        "results", help="summarise a results database",
+        "results", help="summarise a results database, or list its runs",
         description="Per problem: method, runs, success rate with a 95% Wilson interval, "
-                    "median final loss, median steps to success, time per run.")
+                    "median final loss, median steps to success, time per run. With --runs: "
+                    "one line per run (id, problem, method, seed, status, final loss, final "
+                    "gradient norm); diagnose one with synaprune diagnose --db DB --run ID.")
     p.add_argument("--db", default="results.db", help="SQLite results file (default results.db)")
     p.add_argument("--problem", action="append",
                    help="keep only this problem: a name or a full spec (repeatable)")
+    p.add_argument("--method", action="append",
+                   help="keep only this method: a name, or a spec such as adam:lr=0.01 that "
+                        "matches the runs with those option values (repeatable)")
+    p.add_argument("--runs", action="store_true",
+                   help="list the runs, with their ids, instead of summarising them")
     p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
     p.set_defaults(func=cmd_results)
     return p

@@ -232,10 +232,11 @@ def lanczos(
             idx = _select(theta, k, which)
             bound = tol * torch.clamp(theta[idx].abs(), min=floor * scale)
             if bool((resid[idx] <= bound).all()):
-                # After an invariant subspace every Ritz pair in it has residual 0, but a
-                # further copy of a repeated eigenvalue may still be missing: accept only at
-                # an invariant subspace whose fresh sequence left the wanted values unchanged.
-                if not seen_invariant:
+                # In an invariant subspace every Ritz pair has residual 0, but a further copy
+                # of a repeated eigenvalue may still be missing: accept only at an invariant
+                # subspace whose fresh sequence left the wanted values unchanged (so the first
+                # invariant subspace, even one reached just as the pairs converge, never is).
+                if not seen_invariant and not invariant:
                     done = True
                 elif invariant and snapshot is not None and snapshot.shape == idx.shape:
                     done = full or bool(((theta[idx] - snapshot).abs() <= bound).all())
