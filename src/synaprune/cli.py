@@ -2,8 +2,10 @@
 
     synaprune demo                 # plain SGD against SynaPrune on a net that GD leaves stuck
     synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
-    synaprune results --db results.db --format table
+    synaprune results --db results.db --format table --plot out/success.png
+    synaprune results --db results.db --runs --problem xor     # run ids, for diagnose --run
     synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
+    synaprune diagnose --db results.db --run 14
 
 Bad input gives one line on standard error and exit status 2, never a traceback.
 """
@@ -11,6 +13,7 @@ Bad input gives one line on standard error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,13 +55,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here, not at exit
+        return status
     except UsageError as exc:
         print(f"synaprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``synaprune results | head``): not an error of ours. Point
+        # stdout at devnull so that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -188,3 +188,29 @@ def test_bench_takes_the_options_tuned_on_each_problem(tmp_path: Path, capsys,
     with ResultStore(db) as store:
         methods = {(r["problem_name"], r["method"]) for r in store.rows()}
     assert methods == {("xor", "gd:lr=2.5"), ("xor", "gd:lr=0.1"), ("spirals", "gd:lr=0.1")}
+
+
+def test_results_plot_draws_the_summaries(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "r.db")
+    assert _run([*BENCH, "--db", db]) == 0
+    png = tmp_path / "fig" / "rates.png"
+    assert _run(["results", "--db", db, "--plot", str(png)]) == 0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UsageError, match="no runs match"):
+        _run(["results", "--db", db, "--problem", "xor", "--plot", str(png)])
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """``synaprune results | head -0``: the reader is gone before anything is written."""
+    import subprocess
+    import sys
+
+    db = str(tmp_path / "r.db")
+    assert _run([*BENCH, "--db", db]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "synaprune", "results", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -170,8 +170,19 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.runs:
         print(format_runs(rows, args.format), end="")
         return 0
-    text = format_summaries(summarize(rows), args.format)
+    summaries = summarize(rows)
+    text = format_summaries(summaries, args.format)
     print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        if not summaries:
+            raise _usage_error("--plot: no runs match, nothing to draw")
+        from synaprune.report import plot_success_rates
+
+        try:
+            path = plot_success_rates(summaries, args.plot, title=f"success rates: {args.db}")
+        except (OSError, ValueError) as exc:
+            raise _usage_error(f"cannot write plot '{args.plot}': {exc}") from None
+        print(f"figure: {path}", file=sys.stderr)
     return 0
 
 
@@ -235,5 +246,7 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--runs", action="store_true",
                    help="list the runs, with their ids, instead of summarising them")
     p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--plot", metavar="FILE",
+                   help="also draw the success rates with their intervals into FILE (.png, .svg)")
     p.set_defaults(func=cmd_results)
     return p
