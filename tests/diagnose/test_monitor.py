@@ -1,4 +1,10 @@
-"""TrainingMonitor: the schedule, and each record against direct computation."""
+"""TrainingMonitor: the schedule, and each record against direct computation.
+
+Cancellation is checked against a brute-force per-example loop along every path its
+sum_i ||g_i||^2 can take: the default (sumsq-only) probe's grad_sumsq (summed by the monitor, as
+with SynaPrune rms), a probe's grad_sqnorm_sum (reused), and the monitor's own norm-only probe
+(alone, or attached before a probe that then takes over).
+"""
 
 from __future__ import annotations
 
@@ -25,16 +31,38 @@ def test_every_schedule():
             every(bad)
 
 
-def _train(tmp_path, *, probe: bool, reduction: str = "mean", steps: int = 6, schedule=None):
+# Where the monitor's per-example statistics come from, by test id:
+SOURCES = {
+    "probe": "a default (sumsq-only) PerExampleGradStats: grad_sumsq summed, SynaPrune rms",
+    "probe_sqnorm": "a probe with sumsq and sqnorm: grad_sqnorm_sum reused, SynaPrune rms",
+    "own": "cancellation=True and no probe: the monitor's norm-only probe, torch.optim.SGD",
+    "own_then_probe": "cancellation=True first, then a default probe takes over, SynaPrune rms",
+}
+
+
+def _train(tmp_path, *, probe: bool, reduction: str = "mean", steps: int = 6, schedule=None,
+           source: str | None = None):
     x, y = regression(n=32)
     model = mlp([4, 5, 1], nn.Tanh)
-    if probe:
+    source = source or ("probe" if probe else "none")
+    if source in ("probe", "probe_sqnorm"):
+        PerExampleGradStats(model, reduction=reduction,
+                            quantities=("sumsq", "sqnorm") if source == "probe_sqnorm" else
+                            ("sumsq",))
+    mon = TrainingMonitor(model, tmp_path / "run" / "m.jsonl", loss_fn=F.mse_loss,
+                          schedule=schedule or every(3), k=2,
+                          cancellation=True if source.startswith("own") else None,
+                          reduction=reduction)
+    if source == "own_then_probe":
+        assert mon.probe is not None
         PerExampleGradStats(model, reduction=reduction)
-    opt = SynaPrune(model.parameters(), lr=0.05, aggregation="rms" if probe else "mean")
+    if source == "own":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)  # never resets the statistics
+    else:
+        opt = SynaPrune(model.parameters(), lr=0.05, aggregation="mean" if source == "none"
+                        else "rms")
     loss_fn = F.mse_loss if reduction == "mean" else (
         lambda out, t: F.mse_loss(out, t, reduction="sum"))
-    mon = TrainingMonitor(model, tmp_path / "run" / "m.jsonl", loss_fn=F.mse_loss,
-                          schedule=schedule or every(3), k=2)
     checks = []
     for step in range(steps):
         opt.zero_grad()
@@ -53,9 +81,10 @@ def _train(tmp_path, *, probe: bool, reduction: str = "mean", steps: int = 6, sc
     return mon, checks, model
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_records_match_direct_computation(tmp_path, reduction):
-    _, checks, model = _train(tmp_path, probe=True, reduction=reduction)
+def test_records_match_direct_computation(tmp_path, reduction, source):
+    _, checks, model = _train(tmp_path, probe=True, reduction=reduction, source=source)
     names = [n for n, _ in model.named_parameters()]
     sizes = [p.numel() for p in model.parameters()]
     for _, loss, rec, gi, h in checks:
@@ -68,10 +97,13 @@ def test_records_match_direct_computation(tmp_path, reduction):
             assert rec[f"grad_norm/{name}"] == pytest.approx(float(part.norm()) * scale,
                                                              rel=1e-10)
         ref = float(gbar.norm()) / math.sqrt(float(gi.pow(2).sum(1).mean()))
-        assert rec["cancellation"] == pytest.approx(ref, rel=1e-8)
-        r = gi.pow(2).mean(0).sqrt()
-        c = torch.where(r == 0, torch.ones_like(r), gbar.abs() / r)
-        assert rec["cancelled_share"] == pytest.approx(float((c < 0.1).double().mean()))
+        assert rec["cancellation"] == pytest.approx(ref, rel=1e-10)
+        if source.startswith("own") and source != "own_then_probe":
+            assert "cancelled_share" not in rec  # a norm-only probe has no per-coordinate sums
+        else:
+            r = gi.pow(2).mean(0).sqrt()
+            c = torch.where(r == 0, torch.ones_like(r), gbar.abs() / r)
+            assert rec["cancelled_share"] == pytest.approx(float((c < 0.1).double().mean()))
         if h is None:
             assert "ghg" not in rec
             continue
@@ -146,6 +178,10 @@ def test_validation():
         TrainingMonitor(model, None, schedule=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         TrainingMonitor(model, None, k=0)
+    with pytest.raises(ValueError, match="Invalid cancellation"):
+        TrainingMonitor(model, None, cancellation="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Invalid reduction"):
+        TrainingMonitor(model, None, cancellation=True, reduction="none")
     mon = TrainingMonitor(model, None, schedule=every(1))
     x, y = torch.randn(4, 2, dtype=DT), torch.randn(4, 1, dtype=DT)
     loss = F.mse_loss(model(x), y)
@@ -174,6 +210,98 @@ def test_large_parameters_share_is_sampled_and_close():
     gbar_sq = sum(float(p.grad.pow(2).sum()) for p in params)
     sumsq = sum(float(p.grad_sumsq.sum()) for p in params)
     assert rec["cancellation"] == pytest.approx(math.sqrt(gbar_sq / (sumsq / 64)), rel=1e-10)
+
+
+def test_own_probe_leaves_the_optimizer_unchanged(tmp_path):
+    """The monitor's probe attached before the optimizer's stands aside: SynaPrune rms takes the
+    same steps as without it (statistics not counted twice), and close() removes it."""
+    runs = {}
+    for source in ("probe", "own_then_probe"):
+        mon, _, model = _train(tmp_path / source, probe=True, source=source, steps=4)
+        runs[source] = (mon, [p.detach().clone() for p in model.parameters()])
+    for a, b in zip(runs["probe"][1], runs["own_then_probe"][1], strict=True):
+        assert torch.equal(a, b)
+    mon = runs["own_then_probe"][0]
+    assert mon.probe is not None and mon.probe._removed  # _train closed the monitor
+    assert runs["probe"][0].probe is None  # the optimizer's probe was there first: none needed
+
+
+def test_reused_statistics_need_no_pass_over_parameters():
+    """With grad_sqnorm_sum present the cheap set reduces no parameter-sized statistic; with only
+    grad_sumsq it sums it (one pass). Counted with a dispatch mode: plain reductions over a
+    tensor the size of the 100 x 100 weight (the gradient norms are one _foreach_norm)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class BigReductions(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if (name in ("sum", "dot", "linalg_vector_norm", "norm") and args
+                    and args[0].numel() == 100 * 100):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 100, generator=g, dtype=DT)
+    y = torch.randn(16, 1, generator=g, dtype=DT)
+    counts = {}
+    for quantities in [("sumsq",), ("sumsq", "sqnorm")]:
+        model = mlp([100, 100, 1], nn.Tanh)
+        probe = PerExampleGradStats(model, quantities=quantities)
+        F.mse_loss(model(x), y).backward()
+        mon = TrainingMonitor(model)
+        with BigReductions() as spy:
+            rec = mon.cheap(0.0)
+        probe.remove()
+        assert "cancellation" in rec and "cancelled_share" in rec
+        counts[quantities] = spy.count
+    assert counts[("sumsq", "sqnorm")] == 0
+    assert counts[("sumsq",)] == 1  # model[0].weight.grad_sumsq.sum()
+
+
+def test_parameters_in_different_conventions_give_the_same_record():
+    """One parameter's statistics switched to the sum-reduced convention (gradient times B,
+    grad_reduction "sum"): the same underlying numbers, so the same cancellation and share (this
+    takes the per-coordinate factor path of cancelled_share)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 100, generator=g, dtype=DT)
+    y = torch.randn(64, 1, generator=g, dtype=DT)
+    model = mlp([100, 100, 1], nn.Tanh)
+    PerExampleGradStats(model, quantities=("sumsq", "sqnorm"))
+    F.mse_loss(model(x), y).backward()
+    mon = TrainingMonitor(model, per_parameter=False)
+    before = mon.cheap(0.0)
+    w = model[0].weight
+    w.grad.mul_(64)
+    w.grad_reduction = "sum"
+    after = mon.cheap(0.0)
+    assert after["cancellation"] == pytest.approx(before["cancellation"], rel=1e-12)
+    assert after["cancelled_share"] == pytest.approx(before["cancelled_share"], abs=1e-12)
+    assert 0.0 < before["cancelled_share"] < 1.0
+
+
+def test_cancellation_false_computes_neither(tmp_path):
+    model = mlp([4, 5, 1], nn.Tanh)
+    PerExampleGradStats(model)
+    mon = TrainingMonitor(model, cancellation=False)
+    x, y = regression(n=8)
+    loss = F.mse_loss(model(x), y)
+    loss.backward()
+    rec = mon.record(0, loss)
+    assert "cancellation" not in rec and "cancelled_share" not in rec
+    assert mon.probe is None
+
+
+def test_doctests():
+    import doctest
+
+    import synaprune.diagnose.monitor as monitor
+
+    result = doctest.testmod(monitor, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_monitor_history_feeds_diagnose(tmp_path):

@@ -1,7 +1,8 @@
 """PerExampleGradStats against a brute-force per-example loop, in float64.
 
-The reference runs every example on its own (forward, loss l_i, autograd.grad) and sums g_i and
-g_i**2. It is computed before the probe is attached, so it cannot be influenced by the hooks.
+The reference runs every example on its own (forward, loss l_i, autograd.grad) and sums g_i,
+g_i**2 and ||g_i||**2. It is computed before the probe is attached, so it cannot be influenced by
+the hooks.
 """
 
 from __future__ import annotations
@@ -169,17 +170,27 @@ def make_target(out: Tensor, loss: str, g: torch.Generator) -> Tensor:
 def brute_force(model: nn.Module, x: Tensor, target: Tensor, loss: str
                 ) -> tuple[list[Tensor], list[Tensor]]:
     """sum_i g_i and sum_i g_i**2 for every parameter, one example at a time."""
+    sums, sqs, _ = brute_force_norms(model, x, target, loss)
+    return sums, sqs
+
+
+def brute_force_norms(model: nn.Module, x: Tensor, target: Tensor, loss: str
+                      ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """sum_i g_i, sum_i g_i**2 and sum_i ||g_i||**2 (0-d, from the norm of each g_i, not from
+    the sum of squares) for every parameter, one example at a time."""
     params = [p for p in model.parameters() if p.requires_grad]
     sums = [torch.zeros_like(p) for p in params]
     sqs = [torch.zeros_like(p) for p in params]
+    norms = [torch.zeros((), dtype=p.dtype) for p in params]
     for i in range(x.shape[0]):
         li = per_example_loss(model(x[i:i + 1]), target[i:i + 1], loss).sum()
         grads = torch.autograd.grad(li, params, allow_unused=True)
-        for s, q, gi in zip(sums, sqs, grads, strict=True):
+        for s, q, n, gi in zip(sums, sqs, norms, grads, strict=True):
             if gi is not None:
                 s.add_(gi)
                 q.add_(gi * gi)
-    return sums, sqs
+                n.add_(torch.linalg.vector_norm(gi) ** 2)
+    return sums, sqs, norms
 
 
 def setup(case: Case, loss: str, seed: int = 0):
@@ -213,7 +224,8 @@ def fresh_grads(model: nn.Module) -> None:
 def test_matches_brute_force(case: Case, loss: str, reduction: str):
     model, x, target = setup(case, loss)
     ref_sum, ref_sq = brute_force(model, x, target, loss)
-    probe = PerExampleGradStats(model, reduction=reduction, force_fallback=case.force_fallback)
+    probe = PerExampleGradStats(model, reduction=reduction, quantities=("sumsq",),
+                                force_fallback=case.force_fallback)
     batch_loss(model(x), target, loss, reduction).backward()
     probe.remove()
     assert probe.batch_size == B
@@ -222,9 +234,56 @@ def test_matches_brute_force(case: Case, loss: str, reduction: str):
         assert p.grad_reduction == reduction
         assert p.grad_sumsq.shape == p.shape
         assert not p.grad_sumsq.requires_grad
+        assert p.grad_sqnorm_sum is None  # not asked for
         assert_close(p.grad_sumsq, q)
         assert_close(probe.sum_grad_sq(p), q)
         assert_close(probe.sum_grad(p), s)
+
+
+@pytest.mark.parametrize("quantities", [("sqnorm",), ("sumsq", "sqnorm")],
+                         ids=["sqnorm", "both"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_sqnorm_matches_brute_force(case: Case, loss: str, reduction: str, quantities):
+    model, x, target = setup(case, loss)
+    ref_sum, ref_sq, ref_norm = brute_force_norms(model, x, target, loss)
+    probe = PerExampleGradStats(model, reduction=reduction, quantities=quantities,
+                                force_fallback=case.force_fallback)
+    batch_loss(model(x), target, loss, reduction).backward()
+    probe.remove()
+    for p, s, q, n in zip(model.parameters(), ref_sum, ref_sq, ref_norm, strict=True):
+        assert p.grad_batch_size == B
+        assert p.grad_reduction == reduction
+        assert p.grad_sqnorm_sum.shape == ()
+        assert p.grad_sqnorm_sum.dtype == p.dtype
+        assert not p.grad_sqnorm_sum.requires_grad
+        assert_close(p.grad_sqnorm_sum, n)
+        assert_close(probe.sum_grad(p), s)
+        if "sumsq" in quantities:
+            assert_close(p.grad_sumsq, q)
+        else:
+            assert p.grad_sumsq is None
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "product"])
+@pytest.mark.parametrize("case", ["linear_nd_input", "conv1d",
+                                  "conv2d_stride_pad_groups_dilation", "convnet_then_linear"])
+def test_sqnorm_gram_and_product_forms_both_match(case, gram, monkeypatch):
+    """The cost rule picks one form per layer; force each in turn (and chunks of examples)."""
+    monkeypatch.setattr(grad_stats, "_prefer_gram", lambda *args: gram)
+    monkeypatch.setattr(grad_stats, "_CHUNK_ELEMENTS", 200)
+    model, x, target = setup(CASES[case], "mse")
+    _, _, ref_norm = brute_force_norms(model, x, target, "mse")
+    with PerExampleGradStats(model, quantities=("sqnorm",)):
+        batch_loss(model(x), target, "mse", "mean").backward()
+    for p, n in zip(model.parameters(), ref_norm, strict=True):
+        assert_close(p.grad_sqnorm_sum, n)
+
+
+def test_prefer_gram_follows_the_multiply_add_count():
+    assert grad_stats._prefer_gram(positions=4, n_in=512, n_out=512)  # 4096 < 262144
+    assert not grad_stats._prefer_gram(positions=1024, n_in=27, n_out=16)  # a first conv layer
 
 
 def test_table_covers_every_path():
@@ -266,13 +325,14 @@ def test_two_backward_calls_accumulate(case, reduction):
     s1, q1 = brute_force(model, x, target, "mse")
     s2, q2 = brute_force(model, x2, target2, "mse")
     fresh_grads(model)
-    probe = PerExampleGradStats(model, reduction=reduction)
+    probe = PerExampleGradStats(model, reduction=reduction, quantities=("sumsq", "sqnorm"))
     batch_loss(model(x), target, "mse", reduction).backward()
     batch_loss(model(x2), target2, "mse", reduction).backward()
     assert probe.batch_size == 2 * B
     for p, a, b, c, d in zip(model.parameters(), s1, s2, q1, q2, strict=True):
         assert p.grad_batch_size == 2 * B
         assert_close(p.grad_sumsq, c + d)
+        assert_close(p.grad_sqnorm_sum, (c + d).sum())
         assert_close(probe.sum_grad(p), a + b)
 
 
@@ -404,16 +464,58 @@ def test_frozen_parameters_are_not_tracked_and_input_grad_is_not_needed():
 # -- the fast path and shared weights ------------------------------------------------------------
 
 
-def test_two_dimensional_linear_never_materialises_per_example_gradients(monkeypatch):
+@pytest.mark.parametrize("quantities", [("sumsq",), ("sqnorm",), ("sumsq", "sqnorm")])
+def test_two_dimensional_linear_never_materialises_per_example_gradients(monkeypatch,
+                                                                        quantities):
     model, x, target = setup(CASES["mlp_bias"], "ce")
 
     def forbidden(*args, **kwargs):
         raise AssertionError("per-example gradients materialised on the closed-form path")
 
     monkeypatch.setattr(PerExampleGradStats, "_per_example", forbidden)
-    with PerExampleGradStats(model):
+    with PerExampleGradStats(model, quantities=quantities):
         batch_loss(model(x), target, "ce", "mean").backward()
-    assert all(p.grad_sumsq is not None for p in model.parameters())
+    for p in model.parameters():
+        assert (p.grad_sumsq is not None) == ("sumsq" in quantities)
+        assert (p.grad_sqnorm_sum is not None) == ("sqnorm" in quantities)
+
+
+def test_sqnorm_only_on_two_dimensional_linear_adds_no_matrix_product():
+    """The norm-only closed form is O(B (in + out)) per layer: the backward pass runs exactly the
+    matrix products it runs without a probe (with "sumsq" it runs one more per parameter)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        names = ("mm", "addmm", "addmm_", "addmv", "addmv_", "bmm", "baddbmm", "dot")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: Counter[str] = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in self.names and name != "dot":
+                self.counts["product"] += 1
+            self.counts[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    model, x, target = setup(CASES["mlp_bias"], "ce")
+    counts = {}
+    for quantities in [None, ("sumsq",), ("sqnorm",)]:
+        fresh_grads(model)
+        probe = PerExampleGradStats(model, quantities=quantities) if quantities else None
+        loss = batch_loss(model(x), target, "ce", "mean")
+        with CountProducts() as spy:
+            loss.backward()
+        if probe is not None:
+            probe.remove()
+        counts[quantities] = spy.counts
+    plain = counts[None]["product"]
+    assert counts[("sumsq",)]["product"] == plain + 6  # the spy sees the probe's own calls
+    assert counts[("sqnorm",)]["product"] == plain
+    assert counts[("sqnorm",)]["dot"] == 6  # one dot product of length B per parameter
 
 
 @pytest.mark.parametrize("case", ["linear_nd_input", "conv2d_stride_pad_groups_dilation",
@@ -591,3 +693,151 @@ def test_public_names():
     assert set(probes.__all__) == {"PerExampleGradStats", "probes_paused"}
     for name in probes.__all__:
         assert getattr(probes, name) is not None
+
+
+# -- quantities, freshness, and the stand-in probe -------------------------------------------------
+
+
+@pytest.mark.parametrize("quantities", ["sqnorm", (), ("sumsq", "norm"), None, ("SUMSQ",)])
+def test_invalid_quantities_raise(quantities):
+    with pytest.raises(ValueError, match="Invalid quantities"):
+        PerExampleGradStats(nn.Linear(2, 2), quantities=quantities)
+
+
+def test_quantities_are_normalised_and_reported():
+    probe = PerExampleGradStats(nn.Linear(2, 2), quantities=["sqnorm", "sumsq", "sqnorm"])
+    assert probe.quantities == ("sumsq", "sqnorm")
+    assert "quantities=('sumsq', 'sqnorm')" in repr(probe)
+    probe.remove()
+    with PerExampleGradStats(nn.Linear(2, 2)) as default:  # what SynaPrune needs, no more
+        assert default.quantities == ("sumsq",)
+
+
+def test_sum_grad_sq_without_sumsq_raises():
+    model, x, target = setup(CASES["mlp_bias"], "mse")
+    with PerExampleGradStats(model, quantities=("sqnorm",)) as probe:
+        batch_loss(model(x), target, "mse", "mean").backward()
+        with pytest.raises(ValueError, match="not 'sumsq'"):
+            probe.sum_grad_sq(model[0].weight)
+
+
+@pytest.mark.parametrize("quantities", [("sqnorm",), ("sumsq", "sqnorm")], ids=["sqnorm", "both"])
+def test_sqnorm_starts_afresh_after_synaprune_zero_grad(quantities):
+    """SynaPrune.zero_grad resets grad_batch_size (and grad_sumsq) but not grad_sqnorm_sum: the
+    next backward pass must replace it, not add to the previous step's."""
+    from synaprune import SynaPrune
+
+    model, x, target = setup(CASES["mlp_bias"], "mse")
+    x2 = x.flip(0) * 0.5
+    _, _, n1 = brute_force_norms(model, x, target, "mse")
+    _, _, n2 = brute_force_norms(model, x2, target, "mse")
+    fresh_grads(model)
+    probe = PerExampleGradStats(model, quantities=quantities)
+    opt = SynaPrune(model.parameters(), lr=0.0)  # lr 0: the reference stays valid
+    batch_loss(model(x), target, "mse", "mean").backward()
+    for p, n in zip(model.parameters(), n1, strict=True):
+        assert_close(p.grad_sqnorm_sum, n)
+    opt.zero_grad()
+    assert all(p.grad_batch_size == 0 for p in model.parameters())
+    batch_loss(model(x2), target, "mse", "mean").backward()
+    for p, n in zip(model.parameters(), n2, strict=True):
+        assert_close(p.grad_sqnorm_sum, n)
+        assert p.grad_batch_size == B
+    probe.remove()
+
+
+def test_zero_clears_every_statistic_whatever_the_quantities():
+    model, x, target = setup(CASES["mlp_bias"], "mse")
+    with PerExampleGradStats(model):
+        batch_loss(model(x), target, "mse", "mean").backward()
+    probe = PerExampleGradStats(model, quantities=("sqnorm",))  # construction calls zero()
+    for p in model.parameters():
+        assert p.grad_sumsq is None and p.grad_sqnorm_sum is None and p.grad_batch_size == 0
+    probe.remove()
+
+
+def _stand_in(model: nn.Module, reduction: str = "mean") -> PerExampleGradStats:
+    return grad_stats._StandInProbe(model, reduction=reduction, quantities=("sqnorm",))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_stand_in_alone_matches_and_replaces_each_pass(reduction):
+    """Without another probe it records like a norm-only probe, but each backward pass replaces
+    the statistics (no zero() needed between steps)."""
+    model, x, target = setup(CASES["conv2d_stride_pad_groups_dilation"], "mse")
+    x2 = x.flip(0) * 0.5
+    _, _, n1 = brute_force_norms(model, x, target, "mse")
+    _, _, n2 = brute_force_norms(model, x2, target, "mse")
+    fresh_grads(model)
+    probe = _stand_in(model, reduction)
+    for xx, ref in ((x, n1), (x2, n2)):
+        batch_loss(model(xx), target, "mse", reduction).backward()
+        for p, n in zip(model.parameters(), ref, strict=True):
+            assert_close(p.grad_sqnorm_sum, n)
+            assert p.grad_batch_size == B
+            assert p.grad_reduction == reduction
+    probe.remove()
+
+
+@pytest.mark.parametrize("order", ["other_first", "stand_in_first"])
+def test_stand_in_stands_aside_for_another_probe(order):
+    """Whichever is attached first, the other probe's statistics are exact and not counted twice,
+    and the stand-in fills in only the modules the other probe does not track."""
+    model, x, target = setup(CASES["mlp_bias"], "mse")
+    _, q, n = brute_force_norms(model, x, target, "mse")
+    fresh_grads(model)
+    if order == "other_first":
+        other = PerExampleGradStats(model[2], reduction="sum", quantities=("sumsq",))
+        stand_in = _stand_in(model, "sum")
+    else:
+        stand_in = _stand_in(model, "sum")
+        other = PerExampleGradStats(model[2], reduction="sum", quantities=("sumsq",))
+    for step in range(2):  # the second step: the other probe accumulates, the stand-in replaces
+        batch_loss(model(x), target, "mse", "sum").backward()
+        for i, p in enumerate(model.parameters()):
+            assert p.grad_batch_size == B * (step + 1 if i in (2, 3) else 1)
+            if i in (2, 3):  # model[2]: the other probe's (sumsq only, accumulating)
+                assert p.grad_sqnorm_sum is None
+                assert_close(p.grad_sumsq, (step + 1) * q[i])
+            else:  # the stand-in's (sqnorm only, replacing)
+                assert p.grad_sumsq is None
+                assert_close(p.grad_sqnorm_sum, n[i])
+        stand_in.zero()  # never clears what the other probe recorded
+        assert model[2].weight.grad_sumsq is not None
+        assert model[2].weight.grad_batch_size == B * (step + 1)
+    other.remove()  # the stand-in takes over
+    fresh_grads(model)
+    batch_loss(model(x), target, "mse", "sum").backward()
+    for p, nn_ in zip(model.parameters(), n, strict=True):
+        assert_close(p.grad_sqnorm_sum, nn_)
+        assert p.grad_batch_size == B
+    stand_in.remove()
+    assert not grad_stats._LIVE or all(ref() is not stand_in for ref in grad_stats._LIVE.values())
+
+
+def test_registry_forgets_removed_and_collected_probes():
+    import gc
+
+    before = dict(grad_stats._LIVE)
+    version = grad_stats._LIVE_VERSION[0]
+    probe = PerExampleGradStats(nn.Linear(2, 2))
+    assert id(probe) in grad_stats._LIVE
+    probe.remove()
+    assert id(probe) not in grad_stats._LIVE
+    stand_in = _stand_in(nn.Linear(2, 2))
+    assert id(stand_in) not in grad_stats._LIVE  # stand-ins are never stood aside for
+    stand_in.remove()
+    probe = PerExampleGradStats(nn.Linear(2, 2))  # dropped without remove(): model and all
+    key = id(probe)
+    del probe
+    gc.collect()
+    assert key not in grad_stats._LIVE
+    assert grad_stats._LIVE_VERSION[0] > version
+    assert set(grad_stats._LIVE) <= set(before)
+
+
+def test_doctests():
+    import doctest
+
+    result = doctest.testmod(grad_stats, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -5,16 +5,28 @@ record of plain floats, keeps it in memory keyed by step, and appends it as one 
 line to a JSONL file, flushed at once, so a crash loses at most the line being written.
 
 Call it after ``loss.backward()`` and *before* ``optimizer.zero_grad()`` (the cheap set reads
-``p.grad`` and, when :class:`synaprune.PerExampleGradStats` is attached, ``p.grad_sumsq``).
-One backward pass per step is assumed (no gradient accumulation). ``p.grad_sumsq`` accumulates
-like ``.grad``: :class:`synaprune.SynaPrune`'s ``zero_grad`` clears it, ``torch.optim``'s does
-not, so with a torch optimizer call ``probe.zero()`` together with ``optimizer.zero_grad()``.
+``p.grad`` and the per-example statistics that :class:`synaprune.PerExampleGradStats` leaves on
+the parameters). One backward pass per step is assumed (no gradient accumulation). A probe's
+statistics accumulate like ``.grad``: :class:`synaprune.SynaPrune`'s ``zero_grad`` resets them,
+``torch.optim``'s does not, so with a torch optimizer and a probe of your own call
+``probe.zero()`` together with ``optimizer.zero_grad()``. (The probe the monitor attaches itself,
+with ``cancellation=True``, replaces its statistics on every backward pass and needs no reset.)
 
 Cheap set (every step): ``loss``, ``grad_norm`` (||g|| over all tracked parameters),
 ``grad_norm/<name>`` per parameter, and, when every parameter with a gradient carries
-per-example statistics, ``cancellation`` = ||gbar|| / sqrt(mean_i ||g_i||^2) (exact) and
-``cancelled_share``, the share of coordinates with c = |gbar| / r < 0.1 (exact for parameters of
-at most ``CANCEL_SAMPLE`` elements, estimated on a fixed random sample of coordinates beyond).
+per-example statistics, ``cancellation`` = ||gbar|| / sqrt(mean_i ||g_i||^2) (exact) and, when
+they include ``p.grad_sumsq``, ``cancelled_share``, the share of coordinates with
+c = |gbar| / r < 0.1 (exact for parameters of at most ``CANCEL_SAMPLE`` elements, estimated on a
+fixed systematic sample of coordinates beyond).
+
+Where sum_i ||g_i||^2 comes from: ``p.grad_sqnorm_sum`` (a 0-d tensor, left by a probe with
+quantity ``"sqnorm"``) where present, else ``p.grad_sumsq.sum()`` (one pass over a
+parameter-sized tensor, about 0.1 ms a step on benchmarks/monitor_cost.py's MLP, the same as
+computing ``grad_sqnorm_sum`` in the probe). With ``cancellation=True`` and no probe attached,
+the monitor attaches a norm-only probe (``quantities=("sqnorm",)``) that costs two row norms and
+a dot product of length B per 2-D Linear layer; it stands aside for every parameter that an
+attached probe (e.g. the one :class:`synaprune.SynaPrune` ``rms`` needs) tracks, whichever was
+attached first, so statistics are never counted twice.
 
 Expensive set (when ``schedule(step)`` is true; needs ``loss_fn`` and a batch): ``ghg``,
 ``gg``, ``curvature`` (g^T H g / g^T g), ``eig_min_<i>`` and ``eig_max_<i>`` (the k smallest and
@@ -36,14 +48,18 @@ from torch import Tensor, nn
 from synaprune.curvature import ConvergenceWarning, HessianOperator, gradient_curvature, lanczos
 from synaprune.diagnose._diagnose import CANCELLED_C
 from synaprune.probes import probes_paused
+from synaprune.probes.grad_stats import _StandInProbe, _tracked_elsewhere
 
 Schedule = Callable[[int], bool]
 
-# ``cancelled_share`` reads at most this many coordinates of each parameter (a fixed random
-# sample, drawn once): exact for parameters this small, otherwise an estimate with standard error
-# at most 0.5 / sqrt(4096) = 0.008 per parameter. Reading every coordinate of a large layer costs
-# several passes over its gradient and statistics, a fifth of a training step (measured in
-# benchmarks/monitor_cost.py); the sample makes it a few microseconds.
+# ``cancelled_share`` reads at most this many coordinates of each parameter: exact for parameters
+# this small, otherwise an estimate with standard error at most 0.5 / sqrt(4096) = 0.008 per
+# parameter. The sample is systematic: every s-th coordinate of the flattened parameter from a
+# fixed random start, with s coprime to the row length (numel / shape[0]), so that it visits every
+# column (and every position of a conv kernel) evenly; it is a strided view, gathered by one cat.
+# Cost inside a training step of benchmarks/monitor_cost.py's MLP (one thread): about 0.3 ms, a
+# dozen small ops that are slow right after the backward pass has flushed the caches (0.03 ms
+# for ``cancellation`` itself); reading every coordinate would cost a fifth of the step.
 CANCEL_SAMPLE = 4096
 
 
@@ -91,10 +107,22 @@ class TrainingMonitor:
             ``every(100)``); default never.
         k: eigenvalues from each end for the expensive set.
         per_parameter: also record ``grad_norm/<name>`` for every parameter.
+        cancellation: ``None`` (default): record ``cancellation`` when every parameter with a
+            gradient carries per-example statistics from an attached
+            :class:`synaprune.PerExampleGradStats`. ``True``: always record it; parameters that
+            no probe tracks when the monitor is made get a norm-only probe of the monitor's own
+            (attach it before the first forward pass you want recorded). ``False``: never
+            compute it, nor ``cancelled_share``.
+        reduction: ``"mean"`` or ``"sum"``, how the training loss reduces its per-example
+            losses; used by the monitor's own probe only (``cancellation=True``).
         lanczos_maxiter: Hessian-vector products at most per Lanczos call.
 
     Attributes:
         records: dict step -> {name: float}, every record kept in memory.
+        probe: the monitor's own norm-only probe, or None (none was needed or asked for).
+
+    Raises:
+        ValueError: invalid ``schedule``, ``k``, ``cancellation`` or ``reduction``.
 
     Example:
         >>> model = nn.Linear(3, 1)
@@ -105,6 +133,12 @@ class TrainingMonitor:
         >>> rec = mon.record(0, loss)
         >>> sorted(rec)[:3]
         ['grad_norm', 'grad_norm/bias', 'grad_norm/weight']
+        >>> mon = TrainingMonitor(model, None, cancellation=True)  # attaches a norm-only probe
+        >>> model.zero_grad()
+        >>> loss = nn.functional.mse_loss(model(x), y)
+        >>> loss.backward()
+        >>> 0.0 < mon.record(0, loss)["cancellation"] <= 1.0
+        True
     """
 
     def __init__(
@@ -116,12 +150,19 @@ class TrainingMonitor:
         schedule: Schedule = never,
         k: int = 1,
         per_parameter: bool = True,
+        cancellation: bool | None = None,
+        reduction: str = "mean",
         lanczos_maxiter: int | None = None,
     ) -> None:
         if not callable(schedule):
             raise ValueError("schedule must be a callable step -> bool, e.g. every(100)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"Invalid k: {k!r}; expected a positive int")
+        if cancellation not in (None, True, False):
+            raise ValueError(f"Invalid cancellation: {cancellation!r}; expected None, True or "
+                             "False")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"Invalid reduction: {reduction!r}; expected 'mean' or 'sum'")
         self.model = model
         self.loss_fn = loss_fn
         self.schedule = schedule
@@ -130,8 +171,15 @@ class TrainingMonitor:
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.per_parameter = per_parameter
+        self.cancellation = cancellation
         self.records: dict[int, dict[str, float]] = {}
-        self._sample_idx: list[Tensor | None] = []
+        self.probe: _StandInProbe | None = None
+        if cancellation and self.params and not all(_tracked_elsewhere(self.params)):
+            self.probe = _StandInProbe(model, reduction=reduction,  # type: ignore[arg-type]
+                                       quantities=("sqnorm",))
+        self._sample_at: list[tuple[int, int] | None] = []
+        self._sample_sizes: list[int] = []
+        self._sample_weight: Tensor | None = None
         self._sample_key: tuple[Any, ...] = ()
         self._file = None
         if path is not None:
@@ -147,15 +195,19 @@ class TrainingMonitor:
         self.close()
 
     def close(self) -> None:
-        """Close the JSONL file (records stay in memory)."""
+        """Close the JSONL file and remove the monitor's own probe (records stay in memory)."""
+        if self.probe is not None:
+            self.probe.remove()
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def cheap(self, loss: float | Tensor) -> dict[str, float]:
-        """The cheap set from the current ``.grad`` (and ``.grad_sumsq`` if present).
+        """The cheap set from the current ``.grad`` and per-example statistics.
 
         One host synchronisation: every per-parameter reduction is stacked and read at once.
+        The per-parameter gradient norms are one ``torch._foreach_norm`` call; sum_i ||g_i||^2
+        is read from ``p.grad_sqnorm_sum`` where present (no pass over parameter-sized tensors).
         """
         value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
         rec: dict[str, float] = {"loss": value}
@@ -166,58 +218,102 @@ class TrainingMonitor:
         grads = [p.grad for _, p in with_grad]
         parts = list(torch._foreach_norm(grads))
         m = len(parts)
-        sqs = [getattr(p, "grad_sumsq", None) for _, p in with_grad]
-        sizes = [getattr(p, "grad_batch_size", 0) or 0 for _, p in with_grad]
-        with_stats = all(sq is not None for sq in sqs) and all(sizes)
-        if with_stats:
-            reductions = [getattr(p, "grad_reduction", "mean") for _, p in with_grad]
-            # c < t  <=>  gbar^2 < t^2 * sumsq / B  <=>  sumsq - gbar^2 * B / t^2 > 0, with
-            # gbar = g (mean-reduced loss) or g / B (sum-reduced); 0/0 (c = 1) is not counted.
-            # sign(max(sumsq - f g^2, 0)) is 1 exactly where c < t: its sum counts them.
-            # Large parameters are read at a fixed random sample of coordinates only.
-            factors = [b / CANCELLED_C**2 if r == "mean" else 1.0 / (b * CANCELLED_C**2)
-                       for b, r in zip(sizes, reductions, strict=True)]
-            idx = self._sample(grads)
-            g_s = [g.reshape(-1) if i is None else torch.take(g, i)
-                   for g, i in zip(grads, idx, strict=True)]
-            sq_s = [sq.reshape(-1) if i is None else torch.take(sq, i)  # type: ignore[union-attr]
-                    for sq, i in zip(sqs, idx, strict=True)]
-            diff = torch._foreach_addcmul(sq_s, g_s, g_s, [-f for f in factors])
-            torch._foreach_clamp_min_(diff, 0.0)
-            torch._foreach_sign_(diff)
-            parts += [d.sum() for d in diff]
-            parts += [sq.sum() for sq in sqs]  # type: ignore[union-attr]  (exact; a foreach
-            # L1 norm would be 7x slower than plain sums in torch 2.13 on the CPU)
+        stats = self._stats([p for _, p in with_grad]) if self.cancellation is not False else None
+        if stats is not None:
+            sizes, reductions, sqnorms, sqs = stats
+            parts += sqnorms
+            if sqs is not None:
+                # c < t  <=>  gbar^2 < t^2 * sumsq / B  <=>  sumsq - gbar^2 * B / t^2 > 0, with
+                # gbar = g (mean-reduced loss) or g / B (sum-reduced); 0/0 (c = 1) is not
+                # counted. sign(max(sumsq - f g^2, 0)) is 1 exactly where c < t: its sum counts
+                # them. Large parameters are read at a fixed systematic sample of coordinates.
+                # The samples of all parameters are concatenated (a few thousand numbers each),
+                # each count weighted by numel / sample size: one dot product gives the total.
+                factors = [b / CANCELLED_C**2 if r == "mean" else 1.0 / (b * CANCELLED_C**2)
+                           for b, r in zip(sizes, reductions, strict=True)]
+                at, weight = self._sample(grads)
+                g_c = torch.cat([_strided(g, a) for g, a in zip(grads, at, strict=True)])
+                sq_c = torch.cat([_strided(sq, a) for sq, a in zip(sqs, at, strict=True)])
+                if len(set(factors)) == 1:
+                    diff = torch.addcmul(sq_c, g_c, g_c, value=-factors[0])
+                else:  # parameters with different batch sizes or reductions
+                    f_c = torch.cat([torch.full((w,), -f, dtype=g_c.dtype, device=g_c.device)
+                                     for w, f in zip(self._sample_sizes, factors, strict=True)])
+                    diff = torch.addcmul(sq_c, g_c * f_c, g_c)
+                parts.append(torch.dot(diff.clamp_min_(0.0).sign_(), weight))
         values = torch.stack(parts).tolist()
         norms = values[:m]
         rec["grad_norm"] = math.sqrt(sum(v * v for v in norms))
         if self.per_parameter:
             for (name, _), v in zip(with_grad, norms, strict=True):
                 rec[f"grad_norm/{name}"] = v
-        if with_stats:
-            below = sum(v * g.numel() / s.numel()
-                        for v, g, s in zip(values[m:2 * m], grads, g_s, strict=True))
-            sumsq = sum(values[2 * m:])
+        if stats is not None:
+            sumsq = sum(values[m:2 * m])
             gbar_sq = sum((v if r == "mean" else v / b) ** 2
                           for v, r, b in zip(norms, reductions, sizes, strict=True))
             rms = math.sqrt(sumsq / sizes[0])
             rec["cancellation"] = math.sqrt(gbar_sq) / rms if rms > 0 else 1.0
-            rec["cancelled_share"] = below / sum(g.numel() for g in grads)
+            if sqs is not None:
+                rec["cancelled_share"] = values[2 * m] / sum(g.numel() for g in grads)
         return rec
 
-    def _sample(self, grads: list[Tensor]) -> list[Tensor | None]:
-        """Per parameter: None (use every coordinate) or a fixed sorted random sample of
-        CANCEL_SAMPLE flat indices, drawn once per parameter shape from seed 0."""
-        key = tuple((tuple(g.shape), g.device) for g in grads)
+    @staticmethod
+    def _stats(params: list[Tensor]
+               ) -> tuple[list[int], list[str], list[Tensor], list[Tensor] | None] | None:
+        """The per-example statistics on ``params``, or None unless every one has some.
+
+        Returns:
+            (batch sizes, reductions, sum_i ||g_i||^2 per parameter as 0-d tensors, and the
+            ``grad_sumsq`` tensors if every parameter has one, else None).
+        """
+        sizes = [int(getattr(p, "grad_batch_size", 0) or 0) for p in params]
+        if not all(sizes):
+            return None
+        sqs = [getattr(p, "grad_sumsq", None) for p in params]
+        sqnorms: list[Tensor] = []
+        for p, sq in zip(params, sqs, strict=True):
+            sn = getattr(p, "grad_sqnorm_sum", None)
+            if sn is None:
+                if sq is None:
+                    return None
+                sn = sq.sum()  # a pass over the parameter: only without grad_sqnorm_sum
+            sqnorms.append(sn)
+        reductions = [getattr(p, "grad_reduction", "mean") for p in params]
+        have_sq = all(sq is not None for sq in sqs)
+        return sizes, reductions, sqnorms, sqs if have_sq else None  # type: ignore[return-value]
+
+    def _sample(self, grads: list[Tensor]) -> tuple[list[tuple[int, int] | None], Tensor]:
+        """The coordinates ``cancelled_share`` reads, drawn once per list of parameter shapes.
+
+        Returns:
+            Per parameter None (every coordinate) or (start, stride) of CANCEL_SAMPLE flat
+            coordinates; and the weight of each sampled coordinate, numel / sample size, as one
+            vector over all parameters in order (size: the total sample).
+        """
+        key = tuple((tuple(g.shape), g.dtype, g.device) for g in grads)
         if self._sample_key != key:
             gen = torch.Generator().manual_seed(0)
-            self._sample_idx = [
-                None if g.numel() <= CANCEL_SAMPLE
-                else torch.randperm(g.numel(), generator=gen)[:CANCEL_SAMPLE].sort().values
-                .to(g.device)
-                for g in grads]
+            at: list[tuple[int, int] | None] = []
+            weights = []
+            for g in grads:
+                n = g.numel()
+                if n <= CANCEL_SAMPLE:
+                    at.append(None)
+                    weights.append(torch.ones(n, dtype=g.dtype, device=g.device))
+                    continue
+                row = n // g.shape[0] if g.dim() > 1 else 1
+                stride = n // CANCEL_SAMPLE
+                while math.gcd(stride, row) != 1:
+                    stride -= 1
+                span = (CANCEL_SAMPLE - 1) * stride + 1
+                start = int(torch.randint(0, n - span + 1, (), generator=gen))
+                at.append((start, stride))
+                weights.append(torch.full((CANCEL_SAMPLE,), n / CANCEL_SAMPLE, dtype=g.dtype,
+                                          device=g.device))
+            self._sample_at, self._sample_weight = at, torch.cat(weights)
+            self._sample_sizes = [w.numel() for w in weights]
             self._sample_key = key
-        return self._sample_idx
+        return self._sample_at, self._sample_weight  # type: ignore[return-value]
 
     def expensive(self, batch: tuple[Any, Any]) -> dict[str, float]:
         """The expensive set on one ``(x, y)`` batch: curvature along g, extreme eigenvalues."""
@@ -270,6 +366,17 @@ class TrainingMonitor:
     def history(self) -> dict[str, list[float]]:
         """``{"loss": [...], "grad_norm": [...]}`` in step order, for ``diagnose(history=...)``."""
         return {name: self.series(name)[1] for name in ("loss", "grad_norm")}
+
+
+def _strided(t: Tensor, at: tuple[int, int] | None) -> Tensor:
+    """The flattened tensor, or CANCEL_SAMPLE of its coordinates from ``start`` every ``stride``
+    (a view when ``t`` is contiguous)."""
+    if at is None:
+        return t.reshape(-1)
+    start, stride = at
+    if t.is_contiguous():
+        return t.as_strided((CANCEL_SAMPLE,), (stride,), t.storage_offset() + start)
+    return t.reshape(-1)[start:start + (CANCEL_SAMPLE - 1) * stride + 1:stride]
 
 
 def _finite(rec: dict[str, float]) -> dict[str, float | None]:

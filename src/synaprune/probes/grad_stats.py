@@ -6,17 +6,27 @@ parameter). The user's loss is either mean-reduced, ``L = (1/B) sum_i l_i`` (``r
 or sum-reduced, ``L = sum_i l_i`` (``reduction="sum"``). Statistics are always reported in the
 per-example-loss convention, so both reductions give the same numbers:
 
-* ``p.grad_sumsq``: ``sum_i g_i**2``, shaped like ``p``;
-* ``p.grad_batch_size``: the number of examples accumulated into ``p.grad_sumsq``;
+* ``p.grad_sumsq`` (quantity ``"sumsq"``): ``sum_i g_i**2``, shaped like ``p``;
+* ``p.grad_sqnorm_sum`` (quantity ``"sqnorm"``): ``sum_i ||g_i||**2``, a 0-d tensor (the sum of
+  ``p.grad_sumsq`` over its coordinates, obtained without a pass over it);
+* ``p.grad_batch_size``: the number of examples accumulated into those statistics;
 * ``p.grad_reduction``: ``"mean"`` or ``"sum"``, the reduction of the loss behind ``p.grad``.
 
-How ``sum_i g_i**2`` is obtained, per module that directly owns parameters:
+How they are obtained, per module that directly owns parameters (``delta`` is the gradient of
+the loss with respect to the module's output, ``a`` its input):
 
-* ``nn.Linear`` on a 2-D input ``a`` [B, in] with output gradient ``delta`` [B, out]: the closed
-  form ``(delta**2)^T (a**2)`` (one extra matrix product) and ``sum_i delta_i**2`` for the bias.
-* ``nn.Linear`` on an N-D input [B, ..., in]: the weight is shared across positions, so the
-  per-example gradients [B, out, in] are formed with one batched product, squared and summed.
-* ``nn.Conv1d`` / ``nn.Conv2d``: the unfolded (im2col) form, one batched product per group.
+* ``nn.Linear`` on a 2-D input ``a`` [B, in] with ``delta`` [B, out]: ``g_i = delta_i a_i^T``, so
+  ``sum_i g_i**2 = (delta**2)^T (a**2)`` (one extra matrix product) and
+  ``||g_i||**2 = ||delta_i||**2 ||a_i||**2`` (O(B (in + out)), no matrix product); the bias has
+  ``g_i = delta_i``.
+* ``nn.Linear`` on an N-D input [B, T, in] (T positions, flattened): the weight is shared across
+  positions, ``g_i = sum_t delta_it a_it^T``. ``"sumsq"`` forms the per-example gradients
+  [B, out, in] with one batched product and squares them. ``"sqnorm"`` alone uses
+  ``||g_i||**2 = sum_{t,t'} (delta_it . delta_it') (a_it . a_it')``, the elementwise product of
+  two [T, T] Gram matrices, or the materialised form when that is cheaper (T (in + out) >
+  in * out).
+* ``nn.Conv1d`` / ``nn.Conv2d``: the unfolded (im2col) form, which is a Linear layer per group
+  with the output positions L as T: the same two choices, per group.
 * Anything else (LayerNorm, Embedding, custom modules, or everything with
   ``force_fallback=True``): ``torch.func.vmap`` over examples of the vector-Jacobian product of
   ``torch.func.functional_call(module, params, (input_i,))`` with cotangent ``delta_i``.
@@ -25,6 +35,7 @@ How ``sum_i g_i**2`` is obtained, per module that directly owns parameters:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -39,6 +50,8 @@ from torch.func import functional_call, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 Reduction = Literal["mean", "sum"]
+Quantity = Literal["sumsq", "sqnorm"]
+QUANTITIES: tuple[Quantity, ...] = ("sumsq", "sqnorm")
 
 _LINEAR, _CONV, _FALLBACK = "linear", "conv", "fallback"
 
@@ -49,6 +62,36 @@ _CHUNK_ELEMENTS = 2**24
 # Depth of nested ``probes_paused()`` blocks. A plain module-level counter rather than a
 # thread-local, because backward hooks may run on autograd's device threads.
 _GLOBAL_PAUSE = [0]
+
+# Probes that are attached (not removed) and do not stand aside for others, by id: a stand-in
+# probe (:class:`_StandInProbe`) records nothing for parameters that one of these tracks. The
+# version changes whenever the set does (attach, remove, garbage collection), so that stand-ins
+# can cache their answer.
+_LIVE: dict[int, weakref.ReferenceType[PerExampleGradStats]] = {}
+_LIVE_VERSION = [0]
+
+
+def _register(probe: PerExampleGradStats) -> None:
+    key = id(probe)
+
+    def collected(_: object, key: int = key) -> None:
+        _LIVE.pop(key, None)
+        _LIVE_VERSION[0] += 1
+
+    _LIVE[key] = weakref.ref(probe, collected)
+    _LIVE_VERSION[0] += 1
+
+
+def _unregister(probe: PerExampleGradStats) -> None:
+    if _LIVE.pop(id(probe), None) is not None:
+        _LIVE_VERSION[0] += 1
+
+
+def _tracked_elsewhere(params: list[Tensor]) -> list[bool]:
+    """Per parameter: whether an attached probe that is not a stand-in tracks it."""
+    live = [probe for ref in list(_LIVE.values())
+            if (probe := ref()) is not None and not probe._removed]
+    return [any(id(p) in probe._ids for probe in live) for p in params]
 
 
 @contextmanager
@@ -134,29 +177,49 @@ def _shares_memory(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-def _accumulate(p: Tensor, sumsq: Tensor, alpha: float) -> None:
-    """p.grad_sumsq += alpha * sumsq (created if missing). ``sumsq`` must be a fresh tensor."""
-    buf = getattr(p, "grad_sumsq", None)
-    if buf is None:
-        p.grad_sumsq = sumsq.mul_(alpha) if alpha != 1.0 else sumsq  # type: ignore[attr-defined]
-    else:
-        buf.add_(sumsq, alpha=alpha)
+def _prefer_gram(positions: int, n_in: int, n_out: int) -> bool:
+    """For g = D A^T with D [n_out, T] and A [n_in, T]: whether ||g||**2 is cheaper as
+    sum((D^T D) * (A^T A)), T**2 (n_in + n_out) multiply-adds, than by forming g, T n_in n_out."""
+    return positions * (n_in + n_out) < n_in * n_out
+
+
+def _sqdot(a: Tensor, b: Tensor | None = None) -> Tensor:
+    """sum(a * b) (sum(a**2) if b is None) as one dot product, a 0-d tensor."""
+    a = a.reshape(-1)
+    return torch.dot(a, a if b is None else b.reshape(-1))
 
 
 class PerExampleGradStats:
     """Per-example gradient statistics from one ordinary backward pass.
 
     Attach it to a model, run forward and backward as usual; after every backward each tracked
-    parameter ``p`` carries (attribute names are a contract with the optimizer):
+    parameter ``p`` carries (attribute names are a contract with the optimizer and the monitor):
 
-    * ``p.grad_sumsq``: tensor shaped like ``p``, ``sum_i g_i**2`` where ``g_i`` is the gradient
-      of the loss ``l_i`` of example ``i``. It accumulates across backward calls, like ``.grad``.
-    * ``p.grad_batch_size``: int, the number of examples accumulated into ``p.grad_sumsq``.
+    * ``p.grad_sumsq`` (if ``"sumsq"`` is in ``quantities``): tensor shaped like ``p``,
+      ``sum_i g_i**2`` where ``g_i`` is the gradient of the loss ``l_i`` of example ``i``. It
+      accumulates across backward calls, like ``.grad``.
+    * ``p.grad_sqnorm_sum`` (if ``"sqnorm"`` is in ``quantities``): 0-d tensor,
+      ``sum_i ||g_i||**2`` (equal to ``p.grad_sumsq.sum()``). It accumulates like ``grad_sumsq``
+      and starts afresh at the first backward pass after ``p.grad_batch_size`` was reset to 0
+      (by :meth:`zero` or :class:`synaprune.SynaPrune`'s ``zero_grad``).
+    * ``p.grad_batch_size``: int, the number of examples accumulated into the statistics.
     * ``p.grad_reduction``: ``"mean"`` or ``"sum"``, the ``reduction`` given here.
 
     Statistics follow the per-example-loss convention: whether the loss is
     ``L = (1/B) sum_i l_i`` (``reduction="mean"``, output gradients carry a 1/B that the probe
-    multiplies out) or ``L = sum_i l_i`` (``reduction="sum"``), ``grad_sumsq`` is the same.
+    multiplies out) or ``L = sum_i l_i`` (``reduction="sum"``), ``grad_sumsq`` and
+    ``grad_sqnorm_sum`` are the same. For a mean-reduced loss the mean squared norm of the
+    per-example gradients of ``p`` is ``p.grad_sqnorm_sum / p.grad_batch_size``, and the
+    gradient cancellation ``||gbar|| / sqrt(mean_i ||g_i||**2)`` of ``p`` is
+    ``p.grad.norm() / (p.grad_sqnorm_sum / p.grad_batch_size).sqrt()``.
+
+    Cost: ``"sqnorm"`` alone needs no product as large as a weight-gradient product for 2-D
+    Linear inputs (two row norms and a dot product of length B per layer), and Gram matrices of
+    the positions for N-D Linear and Conv; ``"sumsq"`` needs one extra matrix product per Linear
+    layer and materialised per-example gradients for N-D Linear and Conv. With both, the scalar
+    comes from the same intermediate results (row sums of the squares for 2-D Linear, else one
+    sum over the parameter-sized result).
+
     The batch size B of a module call is the first dimension of its (first tensor) input, and the
     i-th row of every input is example i. All modules reached by one backward pass must see the
     same B.
@@ -193,6 +256,13 @@ class PerExampleGradStats:
             ``requires_grad=True`` (at construction) is tracked.
         reduction: ``"mean"`` or ``"sum"``, how the loss that will be back-propagated reduces
             its per-example losses.
+        quantities: which statistics to compute, a non-empty tuple of ``"sumsq"``
+            (``p.grad_sumsq``, needed by :class:`synaprune.SynaPrune`'s ``rms`` and ``blend``)
+            and ``"sqnorm"`` (``p.grad_sqnorm_sum``, enough for gradient cancellation). Default
+            ``("sumsq",)``. ``("sqnorm",)`` is much cheaper than anything with ``"sumsq"``.
+            Adding ``"sqnorm"`` to ``"sumsq"`` is not free: on benchmarks/monitor_cost.py's MLP
+            it adds about 0.1 ms (1 %) to an ``rms`` step, as much as the one pass over
+            ``grad_sumsq`` it saves a reader such as :class:`synaprune.diagnose.TrainingMonitor`.
         force_fallback: use the ``torch.func.vmap`` path for every module, including Linear and
             Conv (slower; for benchmarks and cross-checks).
 
@@ -200,9 +270,10 @@ class PerExampleGradStats:
         params: the tracked parameters, in ``model.parameters()`` order.
         batch_size: number of examples seen by backward passes since the last :meth:`zero`.
         reduction: the reduction given at construction.
+        quantities: the quantities computed, in the order of :data:`QUANTITIES`.
 
     Raises:
-        ValueError: unknown ``reduction``, or no parameter requires grad.
+        ValueError: unknown ``reduction``, invalid ``quantities``, or no parameter requires grad.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
@@ -213,15 +284,37 @@ class PerExampleGradStats:
         >>> w.grad_sumsq.shape, w.grad_batch_size, w.grad_reduction
         (torch.Size([8, 4]), 16, 'mean')
         >>> r = (w.grad_sumsq / w.grad_batch_size).sqrt()  # per-coordinate RMS of the g_i
+        >>> model.zero_grad()
+        >>> with PerExampleGradStats(model, quantities=("sqnorm",)):  # cancellation only
+        ...     nn.functional.mse_loss(model(x), y).backward()
+        >>> w.grad_sqnorm_sum.shape, w.grad_sumsq is None
+        (torch.Size([]), True)
+        >>> c = w.grad.norm() / (w.grad_sqnorm_sum / w.grad_batch_size).sqrt()
+        >>> bool(0 < c <= 1)
+        True
     """
 
+    # A stand-in probe records nothing for parameters that another attached probe tracks
+    # (see :class:`_StandInProbe`); an ordinary probe always records.
+    _stands_aside = False
+    # Whether statistics add up over backward passes (like .grad) or each pass replaces them.
+    _accumulates = True
+
     def __init__(self, model: nn.Module, *, reduction: Reduction = "mean",
+                 quantities: tuple[Quantity, ...] = ("sumsq",),
                  force_fallback: bool = False) -> None:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"Invalid reduction: {reduction!r}; expected 'mean' or 'sum'")
+        if (isinstance(quantities, str) or not isinstance(quantities, (tuple, list))
+                or not quantities or any(q not in QUANTITIES for q in quantities)):
+            raise ValueError(f"Invalid quantities: {quantities!r}; expected a non-empty tuple of "
+                             f"names from {QUANTITIES}, e.g. ('sqnorm',)")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.reduction: Reduction = reduction
+        self.quantities: tuple[Quantity, ...] = tuple(q for q in QUANTITIES if q in quantities)
+        self._sumsq = "sumsq" in self.quantities
+        self._sqnorm = "sqnorm" in self.quantities
         self.force_fallback = bool(force_fallback)
         self.batch_size = 0
 
@@ -237,6 +330,7 @@ class PerExampleGradStats:
         self.params: list[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model has no parameters that require grad")
+        self._ids = frozenset(id(p) for p in self.params)
         # Modules sharing a parameter with another module: always go through per-example sums.
         self._tied = {m for ms in owners.values() if len(ms) > 1 for m in ms}
         self._kind = {m: _kind_of(m, self.force_fallback) for m in self._own}
@@ -256,6 +350,9 @@ class PerExampleGradStats:
         self._warned: set[nn.Module] = set()
         self._handles = [m.register_forward_hook(self._forward_hook, with_kwargs=True)
                          for m in self._own]
+        self._aside: tuple[int, frozenset[nn.Module]] = (-1, frozenset())
+        if not self._stands_aside:
+            _register(self)
         self.zero()
 
     # -- public API ----------------------------------------------------------------------------
@@ -266,6 +363,7 @@ class PerExampleGradStats:
         Statistics already on the parameters are left in place.
         """
         self._removed = True
+        _unregister(self)
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -278,10 +376,16 @@ class PerExampleGradStats:
         self.remove()
 
     def zero(self) -> None:
-        """Clear the statistics: ``p.grad_sumsq = None``, ``p.grad_batch_size = 0`` for every
-        tracked parameter, and ``batch_size = 0``. ``p.grad`` is not touched."""
-        for p in self.params:
+        """Clear the statistics: ``p.grad_sumsq = None``, ``p.grad_sqnorm_sum = None`` (whatever
+        the ``quantities``, so that no stale statistic is left behind), ``p.grad_batch_size = 0``
+        for every tracked parameter, and ``batch_size = 0``. ``p.grad`` is not touched."""
+        aside = (_tracked_elsewhere(self.params) if self._stands_aside
+                 else [False] * len(self.params))
+        for p, skip in zip(self.params, aside, strict=True):
+            if skip:  # a stand-in probe never clears what another probe recorded
+                continue
             p.grad_sumsq = None  # type: ignore[attr-defined]
+            p.grad_sqnorm_sum = None  # type: ignore[attr-defined]
             p.grad_batch_size = 0  # type: ignore[attr-defined]
             p.grad_reduction = self.reduction  # type: ignore[attr-defined]
         self._passes.clear()
@@ -352,11 +456,14 @@ class PerExampleGradStats:
             neither a gradient nor statistics.
 
         Raises:
-            ValueError: ``p`` is not tracked.
+            ValueError: ``p`` is not tracked, or this probe does not compute ``"sumsq"``.
             RuntimeError: ``p`` has a gradient but no statistics (it was used outside its
                 module's forward, or back-propagated while paused or before the probe existed).
         """
         self._check_tracked(p)
+        if not self._sumsq:
+            raise ValueError(f"this PerExampleGradStats computes quantities={self.quantities}, "
+                             "not 'sumsq'")
         sq = getattr(p, "grad_sumsq", None)
         if sq is not None:
             return sq
@@ -369,13 +476,24 @@ class PerExampleGradStats:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(reduction={self.reduction!r}, "
-                f"params={len(self.params)}, batch_size={self.batch_size}, "
-                f"force_fallback={self.force_fallback})")
+                f"quantities={self.quantities}, params={len(self.params)}, "
+                f"batch_size={self.batch_size}, force_fallback={self.force_fallback})")
 
     # -- hooks -----------------------------------------------------------------------------------
 
     def _active(self) -> bool:
         return not (self._removed or self._pause_depth or _GLOBAL_PAUSE[0] or self._computing)
+
+    def _modules_aside(self) -> frozenset[nn.Module]:
+        """The hooked modules owning a parameter that another attached probe tracks (cached
+        until the set of attached probes changes)."""
+        version, modules = self._aside
+        if version != _LIVE_VERSION[0]:
+            version = _LIVE_VERSION[0]
+            modules = frozenset(m for m, own in self._own.items()
+                                if any(_tracked_elsewhere(list(own.values()))))
+            self._aside = (version, modules)
+        return modules
 
     def _check_tracked(self, p: Tensor) -> None:
         if not any(p is q for q in self.params):
@@ -394,6 +512,8 @@ class PerExampleGradStats:
                     "per-example statistics", stacklevel=2)
             return
         if not output.requires_grad:
+            return
+        if self._stands_aside and module in self._modules_aside():
             return
         kind = self._kind[module]
         if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
@@ -441,9 +561,9 @@ class PerExampleGradStats:
             alpha = float(b) * float(b) if self.reduction == "mean" else 1.0
             if torch.is_grad_enabled():  # backward(create_graph=True)
                 with torch.no_grad():
-                    self._add_sumsq(record, grad.detach(), alpha)
+                    self._add_stats(record, grad.detach(), alpha)
             else:
-                self._add_sumsq(record, grad, alpha)
+                self._add_stats(record, grad, alpha)
             pending.append((record, None))
         else:
             pending.append((record, grad.detach()))
@@ -485,13 +605,19 @@ class PerExampleGradStats:
             if delta is None:  # done in the hook
                 continue
             if counts[module] == 1 and module not in self._tied:
-                self._add_sumsq(rec, delta, alpha)
+                self._add_stats(rec, delta, alpha)
                 continue
             for p, g in self._per_example(rec, delta):
                 prev = shared.get(id(p))
                 shared[id(p)] = (p, g if prev is None else prev[1] + g)
         for p, g in shared.values():
-            _accumulate(p, g.square().sum(0), alpha)
+            if self._sumsq:
+                s = g.square().sum(0)
+                if self._sqnorm:
+                    self._put(p, "grad_sqnorm_sum", s.sum(), alpha)
+                self._put(p, "grad_sumsq", s, alpha)
+            else:
+                self._put(p, "grad_sqnorm_sum", _sqdot(g), alpha)
 
         booked: set[int] = set()
         for module in counts:
@@ -503,7 +629,7 @@ class PerExampleGradStats:
 
     def _count(self, p: Tensor, b: int) -> None:
         """Book one backward pass of ``b`` examples into ``p``'s counters (once per pass)."""
-        n = int(getattr(p, "grad_batch_size", 0) or 0)
+        n = int(getattr(p, "grad_batch_size", 0) or 0) if self._accumulates else 0
         passes = self._passes.get(id(p))
         if n == 0 or passes is None or passes[2] != n:  # fresh, or reset from outside
             passes = self._passes[id(p)] = [0, b, 0] if n == 0 else [0, None, n]
@@ -514,34 +640,89 @@ class PerExampleGradStats:
         p.grad_batch_size = n + b  # type: ignore[attr-defined]
         p.grad_reduction = self.reduction  # type: ignore[attr-defined]
 
-    def _add_sumsq(self, rec: _Record, delta: Tensor, alpha: float) -> None:
-        """Add alpha * sum_i g_i**2 for a module called once in this backward pass."""
+    def _fresh(self, p: Tensor, name: str) -> bool:
+        """Whether statistic ``name`` of ``p`` starts afresh in this backward pass."""
+        if not self._accumulates:
+            return True
+        if getattr(p, name, None) is None:
+            return True
+        # grad_sqnorm_sum is not cleared by SynaPrune.zero_grad; grad_batch_size is, and it is
+        # booked only at the end of a pass, so 0 here means nothing accumulated since the reset.
+        return name == "grad_sqnorm_sum" and not getattr(p, "grad_batch_size", 0)
+
+    def _put(self, p: Tensor, name: str, value: Tensor, alpha: float) -> None:
+        """``p.<name> += alpha * value`` (or ``=`` when fresh). ``value`` must be a new tensor."""
+        if value.dtype != p.dtype:
+            value = value.to(p.dtype)
+        if self._fresh(p, name):
+            setattr(p, name, value.mul_(alpha) if alpha != 1.0 else value)
+        else:
+            getattr(p, name).add_(value, alpha=alpha)
+
+    def _add_stats(self, rec: _Record, delta: Tensor, alpha: float) -> None:
+        """Add alpha * the statistics of a module called once in this backward pass."""
         own = self._own[rec.module]
         if rec.kind is _LINEAR and rec.args[0].dim() == 2:
-            w, b = own.get("weight"), own.get("bias")
-            a = rec.args[0]
-            dtype = (w if w is not None else b).dtype  # type: ignore[union-attr]
-            if delta.dtype != dtype:  # autocast
-                delta = delta.to(dtype)
-            d2 = delta.square()  # [B, out]
-            if w is not None and w.requires_grad:
-                a2 = a.square() if a.dtype == dtype else a.to(dtype).square()  # [B, in]
-                buf = getattr(w, "grad_sumsq", None)
-                if buf is None:  # beta=0: the uninitialised buffer is ignored, not read
-                    w.grad_sumsq = torch.empty_like(w).addmm_(  # type: ignore[attr-defined]
-                        d2.t(), a2, beta=0, alpha=alpha)
-                else:
-                    buf.addmm_(d2.t(), a2, alpha=alpha)
-            if b is not None and b.requires_grad:  # alpha * sum_i d2_i as one gemv
-                ones = self._ones(d2.shape[0], d2)
-                buf = getattr(b, "grad_sumsq", None)
-                if buf is None:
-                    b.grad_sumsq = torch.empty_like(b).addmv_(  # type: ignore[attr-defined]
-                        d2.t(), ones, beta=0, alpha=alpha)
-                else:
-                    buf.addmv_(d2.t(), ones, alpha=alpha)
+            self._add_linear_2d(own, rec.args[0], delta, alpha)
+        elif self._sumsq:
+            self._add_materialised(rec, own, delta, alpha)
+        elif rec.kind is _FALLBACK:
+            self._add_sqnorm_fallback(rec, own, delta, alpha)
+        else:
+            self._add_sqnorm_gram(rec, own, delta, alpha)
+
+    def _add_linear_2d(self, own: dict[str, nn.Parameter], a: Tensor, delta: Tensor,
+                       alpha: float) -> None:
+        """Linear on a [B, in] input with delta [B, out]: g_i = delta_i a_i^T for the weight and
+        delta_i for the bias, so sum_i g_i**2 = (delta**2)^T (a**2), sum_i delta_i**2 and
+        sum_i ||g_i||**2 = sum_i ||delta_i||**2 ||a_i||**2, ||delta||_F**2."""
+        w, b = own.get("weight"), own.get("bias")
+        need_w = w is not None and w.requires_grad
+        need_b = b is not None and b.requires_grad
+        dtype = (w if w is not None else b).dtype  # type: ignore[union-attr]
+        if delta.dtype != dtype:  # autocast
+            delta = delta.to(dtype)
+        if need_w and a.dtype != dtype:
+            a = a.to(dtype)
+        # Right after a backward pass every small op costs several microseconds, so alpha is
+        # folded into the row norms once rather than applied to each statistic.
+        if not self._sumsq:  # row norms only: O(B (in + out)), five or six small ops
+            dn = torch.linalg.vector_norm(delta, dim=1)  # [B] ||delta_i||
+            if alpha != 1.0:
+                dn.mul_(math.sqrt(alpha))
+            if need_w:
+                gn = dn * torch.linalg.vector_norm(a, dim=1)  # [B] ||g_i|| = ||delta_i|| ||a_i||
+                self._put(w, "grad_sqnorm_sum", torch.dot(gn, gn), 1.0)  # type: ignore[arg-type]
+            if need_b:
+                self._put(b, "grad_sqnorm_sum", torch.dot(dn, dn), 1.0)  # type: ignore[arg-type]
             return
-        # Materialised per-example gradients, in chunks of examples to bound memory.
+        d2 = delta.square()  # [B, out]
+        dn2 = d2.sum(1).mul_(alpha) if self._sqnorm else None  # [B] alpha ||delta_i||**2
+        if need_w:
+            a2 = a.square()  # [B, in]
+            if self._sqnorm:
+                self._put(w, "grad_sqnorm_sum", torch.dot(dn2, a2.sum(1)),  # type: ignore[arg-type]
+                          1.0)
+            if self._fresh(w, "grad_sumsq"):  # type: ignore[arg-type]
+                # beta=0: the uninitialised buffer is ignored, not read
+                w.grad_sumsq = torch.empty_like(w).addmm_(  # type: ignore[union-attr]
+                    d2.t(), a2, beta=0, alpha=alpha)
+            else:
+                w.grad_sumsq.addmm_(d2.t(), a2, alpha=alpha)  # type: ignore[union-attr]
+        if need_b:
+            if self._sqnorm:
+                self._put(b, "grad_sqnorm_sum", dn2.sum(), 1.0)  # type: ignore[arg-type, union-attr]
+            ones = self._ones(d2.shape[0], d2)  # alpha * sum_i d2_i as one gemv
+            if self._fresh(b, "grad_sumsq"):  # type: ignore[arg-type]
+                b.grad_sumsq = torch.empty_like(b).addmv_(  # type: ignore[union-attr]
+                    d2.t(), ones, beta=0, alpha=alpha)
+            else:
+                b.grad_sumsq.addmv_(d2.t(), ones, alpha=alpha)  # type: ignore[union-attr]
+
+    def _add_materialised(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
+                          alpha: float) -> None:
+        """Per-example gradients materialised, in chunks of examples to bound memory; with
+        ``"sqnorm"`` too, sum_i ||g_i||**2 is the sum of the parameter-sized sum_i g_i**2."""
         batch = rec.batch_size
         numel = sum(p.numel() for p in own.values())
         chunk = max(1, _CHUNK_ELEMENTS // max(1, numel))
@@ -554,7 +735,76 @@ class PerExampleGradStats:
                 prev = sums.get(id(p))
                 sums[id(p)] = (p, s if prev is None else prev[1].add_(s))
         for p, s in sums.values():
-            _accumulate(p, s, alpha)
+            if self._sqnorm:
+                self._put(p, "grad_sqnorm_sum", s.sum(), alpha)
+            self._put(p, "grad_sumsq", s, alpha)
+
+    def _add_sqnorm_fallback(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
+                             alpha: float) -> None:
+        """sum_i ||g_i||**2 from per-example gradients by vmap, in chunks of examples."""
+        batch = rec.batch_size
+        numel = sum(p.numel() for p in own.values())
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, numel))
+        sums: dict[int, tuple[Tensor, Tensor]] = {}
+        for start in range(0, batch, chunk):
+            part = slice(start, min(start + chunk, batch)) if chunk < batch else None
+            for p, g in self._per_example(rec, delta, part):
+                v = _sqdot(g)
+                prev = sums.get(id(p))
+                sums[id(p)] = (p, v if prev is None else prev[1].add_(v))
+        for p, v in sums.values():
+            self._put(p, "grad_sqnorm_sum", v, alpha)
+
+    def _add_sqnorm_gram(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
+                         alpha: float) -> None:
+        """sum_i ||g_i||**2 for an N-D Linear or a Conv, without the parameter-sized squares.
+
+        Both are, per example and per group, a product g_i = D_i A_i^T with D_i [out, T] (output
+        gradients at T positions) and A_i [in, T] (inputs, unfolded for a conv). Then
+        ||g_i||**2 = sum((D_i^T D_i) * (A_i^T A_i)), two [T, T] Gram matrices, which costs
+        T**2 (in + out) against T in out for forming g_i (used when that is cheaper).
+        """
+        a = rec.args[0]
+        if delta.dtype != a.dtype:
+            delta = delta.to(a.dtype)
+        batch = rec.batch_size
+        w, b = own.get("weight"), own.get("bias")
+        if b is not None and b.requires_grad:  # g_i = sum over positions of delta_i
+            if rec.kind is _LINEAR:
+                gb = delta.reshape(batch, -1, delta.shape[-1]).sum(1)
+            else:
+                gb = delta.reshape(batch, delta.shape[1], -1).sum(-1)
+            self._put(b, "grad_sqnorm_sum", _sqdot(gb), alpha)
+        if w is None or not w.requires_grad:
+            return
+        # Per example: elements of the unfolded input, and of the Gram or product form.
+        if rec.kind is _LINEAR:
+            n_in, n_out = a.shape[-1], delta.shape[-1]
+            positions, groups, unfolded = a[0].numel() // n_in, 1, 0
+        else:
+            conv: nn.Conv1d | nn.Conv2d = rec.module  # type: ignore[assignment]
+            groups = conv.groups
+            n_out = conv.out_channels // groups
+            n_in = w[0].numel()  # C_in / groups * prod(kernel)
+            positions = delta[0, 0].numel()
+            unfolded = groups * n_in * positions
+        use_gram = _prefer_gram(positions, n_in, n_out)
+        per_example = unfolded + groups * (2 * positions**2 if use_gram else n_in * n_out)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, per_example))
+        total: Tensor | None = None
+        for start in range(0, batch, chunk):
+            part = slice(start, min(start + chunk, batch))
+            if rec.kind is _LINEAR:  # [b, 1, in, T] and [b, 1, out, T]
+                aa = a[part].reshape(-1, positions, n_in).transpose(1, 2).unsqueeze(1)
+                dd = delta[part].reshape(-1, positions, n_out).transpose(1, 2).unsqueeze(1)
+            else:  # [b, groups, C_in/g * prod(k), L] and [b, groups, C_out/g, L]
+                aa, dd = self._conv_unfold(rec.module, a[part], delta[part])
+            if use_gram:
+                v = _sqdot(aa.transpose(-1, -2) @ aa, dd.transpose(-1, -2) @ dd)
+            else:
+                v = _sqdot(dd @ aa.transpose(-1, -2))
+            total = v if total is None else total.add_(v)
+        self._put(w, "grad_sqnorm_sum", total, alpha)  # type: ignore[arg-type]
 
     def _ones(self, n: int, like: Tensor) -> Tensor:
         """A cached vector of n ones with the dtype and device of ``like``."""
@@ -602,11 +852,22 @@ class PerExampleGradStats:
     def _conv_per_example(module: nn.Module, x: Tensor, delta: Tensor, need_w: bool,
                           need_b: bool) -> tuple[Tensor | None, Tensor | None]:
         """Per-example conv gradients by the unfolded form: weight [B, *w.shape], bias [B, C]."""
-        conv: nn.Conv1d | nn.Conv2d = module  # type: ignore[assignment]
-        batch, c_out, groups = x.shape[0], conv.out_channels, conv.groups
+        batch, c_out = x.shape[0], module.out_channels  # type: ignore[union-attr]
         gb = delta.reshape(batch, c_out, -1).sum(-1) if need_b else None
         if not need_w:
             return None, gb
+        cols, d = PerExampleGradStats._conv_unfold(module, x, delta)
+        gw = torch.matmul(d, cols.transpose(-1, -2))  # [B, groups, C_out/g, C_in/g * prod(k)]
+        return gw.reshape(batch, *module.weight.shape), gb  # type: ignore[union-attr]
+
+    @staticmethod
+    def _conv_unfold(module: nn.Module, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """The conv as a per-example, per-group product: the unfolded input
+        [B, groups, C_in/g * prod(kernel), L] and the output gradient [B, groups, C_out/g, L],
+        L output positions, so that the weight gradient of example i, group j is
+        ``d[i, j] @ cols[i, j].T``."""
+        conv: nn.Conv1d | nn.Conv2d = module  # type: ignore[assignment]
+        batch, c_out, groups = x.shape[0], conv.out_channels, conv.groups
         one_d = isinstance(conv, nn.Conv1d)
         kernel, dilation, stride = conv.kernel_size, conv.dilation, conv.stride
         if isinstance(conv.padding, str):
@@ -635,8 +896,7 @@ class PerExampleGradStats:
         positions = cols.shape[-1]  # cols: [B, C_in * prod(kernel), L]
         cols = cols.reshape(batch, groups, -1, positions)
         d = delta.reshape(batch, groups, c_out // groups, positions)
-        gw = torch.matmul(d, cols.transpose(-1, -2))  # [B, groups, C_out/g, C_in/g * prod(k)]
-        return gw.reshape(batch, *conv.weight.shape), gb
+        return cols, d
 
     def _per_example_vmap(self, rec: _Record, delta: Tensor, own: dict[str, nn.Parameter],
                           part: slice | None) -> list[tuple[Tensor, Tensor]]:
@@ -669,3 +929,19 @@ class PerExampleGradStats:
 
         grads = vmap(one, in_dims=(None, 0, 0))(params, values, delta)
         return [(p, grads[n]) for n, p in live.items()]
+
+
+class _StandInProbe(PerExampleGradStats):
+    """A probe that fills a gap: for tools (the training monitor) that need per-example
+    statistics on every step but must not disturb a probe the user attached for the optimizer.
+
+    It differs from :class:`PerExampleGradStats` in two ways. It stands aside for any module
+    whose parameters another attached probe tracks, whenever that probe was attached (before or
+    after this one): it records nothing there, so those parameters' statistics, batch size and
+    reduction are the other probe's alone, and :meth:`zero` does not clear them. And each backward
+    pass replaces its statistics instead of adding to them, so they always describe the latest
+    pass without anyone having to call :meth:`zero` (a ``torch.optim`` optimizer does not).
+    """
+
+    _stands_aside = True
+    _accumulates = False
