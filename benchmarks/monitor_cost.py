@@ -17,9 +17,10 @@ Variants and what they answer (rows marked (1)-(3) are the issue's targets):
 * ``SynaPrune rms`` / ``SGD``: the optimizer with its default probe (``quantities=("sumsq",)``);
 * (3) ``SynaPrune rms + monitor`` / ``SynaPrune rms``: the extra cost when the optimizer already
   has the per-example statistics (target: nothing extra beyond the cheap set itself, row (1));
-  the monitor sums ``grad_sumsq`` (one pass) and also reports ``cancelled_share``;
+  the monitor sums ``grad_sumsq`` (one pass); ``cancelled_share`` is taken on scheduled steps
+  only (none here);
 * ``SynaPrune rms + monitor (cancellation=False)`` / ``SynaPrune rms``: the same monitor without
-  ``cancellation`` and ``cancelled_share``; the gap to (3) is what those two cost;
+  ``cancellation``; the gap to (3) is what cancellation costs;
 * ``SynaPrune rms, probe sumsq + sqnorm`` / ``SynaPrune rms``: the cost of having the probe
   produce ``grad_sqnorm_sum`` inside its closed form;
 * ``SynaPrune rms, probe sumsq + sqnorm, + monitor`` / the row before: (3) when the monitor can

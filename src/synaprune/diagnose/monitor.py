@@ -14,10 +14,13 @@ with ``cancellation=True``, replaces its statistics on every backward pass and n
 
 Cheap set (every step): ``loss``, ``grad_norm`` (||g|| over all tracked parameters),
 ``grad_norm/<name>`` per parameter, and, when every parameter with a gradient carries
-per-example statistics, ``cancellation`` = ||gbar|| / sqrt(mean_i ||g_i||^2) (exact) and, when
-they include ``p.grad_sumsq``, ``cancelled_share``, the share of coordinates with
-c = |gbar| / r < 0.1 (exact for parameters of at most ``CANCEL_SAMPLE`` elements, estimated on a
-fixed systematic sample of coordinates beyond).
+per-example statistics, ``cancellation`` = ||gbar|| / sqrt(mean_i ||g_i||^2) (exact). On the
+scheduled steps (``schedule(step)`` true), when the statistics include ``p.grad_sumsq``, also
+``cancelled_share``, the share of coordinates with c = |gbar| / r < 0.1 (exact for parameters of
+at most ``CANCEL_SAMPLE`` elements, estimated on a fixed systematic sample of coordinates
+beyond): it costs about 0.25 ms a step on benchmarks/monitor_cost.py's MLP, as much as the rest
+of the cheap set, so it is not taken every step (:meth:`TrainingMonitor.cheap` takes it on
+request).
 
 Where sum_i ||g_i||^2 comes from: ``p.grad_sqnorm_sum`` (a 0-d tensor, left by a probe with
 quantity ``"sqnorm"``) where present, else ``p.grad_sumsq.sum()`` (one pass over a
@@ -202,8 +205,11 @@ class TrainingMonitor:
             self._file.close()
             self._file = None
 
-    def cheap(self, loss: float | Tensor) -> dict[str, float]:
+    def cheap(self, loss: float | Tensor, *, share: bool = True) -> dict[str, float]:
         """The cheap set from the current ``.grad`` and per-example statistics.
+
+        ``share``: also compute ``cancelled_share`` (when ``p.grad_sumsq`` is present);
+        :meth:`record` asks for it on scheduled steps only.
 
         One host synchronisation: every per-parameter reduction is stacked and read at once.
         The per-parameter gradient norms are one ``torch._foreach_norm`` call; sum_i ||g_i||^2
@@ -222,7 +228,7 @@ class TrainingMonitor:
         if stats is not None:
             sizes, reductions, sqnorms, sqs = stats
             parts += sqnorms
-            if sqs is not None:
+            if sqs is not None and share:
                 # c < t  <=>  gbar^2 < t^2 * sumsq / B  <=>  sumsq - gbar^2 * B / t^2 > 0, with
                 # gbar = g (mean-reduced loss) or g / B (sum-reduced); 0/0 (c = 1) is not
                 # counted. sign(max(sumsq - f g^2, 0)) is 1 exactly where c < t: its sum counts
@@ -253,7 +259,7 @@ class TrainingMonitor:
                           for v, r, b in zip(norms, reductions, sizes, strict=True))
             rms = math.sqrt(sumsq / sizes[0])
             rec["cancellation"] = math.sqrt(gbar_sq) / rms if rms > 0 else 1.0
-            if sqs is not None:
+            if sqs is not None and share:
                 rec["cancelled_share"] = values[2 * m] / sum(g.numel() for g in grads)
         return rec
 
@@ -349,8 +355,9 @@ class TrainingMonitor:
         Returns:
             The record: {name: float}, without the step.
         """
-        rec = self.cheap(loss)
-        if batch is not None and self.schedule(step):
+        scheduled = bool(self.schedule(step))
+        rec = self.cheap(loss, share=scheduled)
+        if batch is not None and scheduled:
             rec.update(self.expensive(batch))
         self.records[int(step)] = rec
         if self._file is not None:
