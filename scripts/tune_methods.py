@@ -6,11 +6,12 @@
 Protocol (the same for every method, so that no method gets more tuning than another):
 
 1. Tuning seeds 1000..1000+S-1 (S per problem below); docs/results.md reports seeds 0.. only.
-2. Stage 1: each single method (no combination) over its learning-rate grid, all other options
-   at the method's own defaults.
+2. Stage 1: each single method (no combination) over its learning-rate grid (one grid for the
+   SGD-based methods, one for adam, one for saddle-free-newton), all other options at the
+   method's own defaults; when the best rate is at an end of the grid, one more rate past it.
 3. Stage 2: each single method with a knob of its own (perturbed-gd radius and threshold,
    gradient-noise eta, sam rho, synaprune-a blend, synaprune-b noise and stall threshold,
-   synaprune-c beta) over that knob's grid at the stage-1 learning rate.
+   synaprune-c beta, saddle-free-newton damping) over that knob's grid at the stage-1 rate.
 4. Stage 3: each combination (synaprune-ab, -ac, -bc, synaprune) takes its mechanisms' stage-2
    knobs and gets its own learning-rate grid.
 5. A cell's score: most successes; ties: lower median final loss (a diverged run counts as
@@ -28,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import pprint
 import statistics
 import sys
 import tempfile
@@ -48,6 +48,7 @@ LOG_DIR = ROOT / "out" / "tuning"
 
 SGD_LR = (0.03, 0.1, 0.3, 1.0, 3.0)
 ADAM_LR = (0.001, 0.003, 0.01, 0.03, 0.1)
+NEWTON_LR = (0.1, 0.3, 1.0)  # saddle-free Newton: 1 is the full (damped) Newton step
 # Past either end of a grid, one more step of the same factor (about 3.16) is tried when the
 # best value sits at that end.
 LR_FACTOR = 10 ** 0.5
@@ -60,7 +61,9 @@ class Protocol:
     seeds: int  # tuning seeds SEED_START, SEED_START + 1, ...
     sgd_lr: tuple[float, ...] = SGD_LR  # learning rates of every SGD-based method
     adam_lr: tuple[float, ...] = ADAM_LR  # learning rates of adam
+    newton_lr: tuple[float, ...] = NEWTON_LR  # learning rates of saddle-free-newton
     knobs: bool = True  # stage 2; False: the knobs keep the methods' own defaults
+    grid_only: tuple[str, ...] = ()  # methods too slow here for the extension and stage 2
 
 
 # The autoencoder costs ~4 ms per seed and step (1797 examples x 64 inputs, float64), about 40x
@@ -71,12 +74,14 @@ PROBLEMS: dict[str, Protocol] = {
     "gaussians": Protocol("gaussians", 2000, 16),
     "spirals": Protocol("spirals", 2000, 16),
     "teacher-student": Protocol("teacher-student:exact=false,k=6", 1000, 16),
+    # saddle-free-newton takes ~10 minutes per autoencoder cell: two rates, nothing more.
     "autoencoder": Protocol("autoencoder", 300, 8, sgd_lr=(0.3, 1.0, 3.0),
-                            adam_lr=(0.003, 0.01, 0.03)),
+                            adam_lr=(0.003, 0.01, 0.03), newton_lr=(0.1, 0.3),
+                            grid_only=("saddle-free-newton",)),
 }
 SEED_START = 1000
 SINGLES = ("gd", "sgd", "momentum", "adam", "perturbed-gd", "gradient-noise", "sam",
-           "synaprune-a", "synaprune-b", "synaprune-c")
+           "synaprune-a", "synaprune-b", "synaprune-c", "saddle-free-newton")
 KNOBS: dict[str, list[dict[str, Any]]] = {
     "perturbed-gd": [{"radius": r, "threshold": g} for r in (0.1, 0.5, 2.0)
                      for g in (1e-3, 1e-2)],
@@ -86,6 +91,7 @@ KNOBS: dict[str, list[dict[str, Any]]] = {
     "synaprune-b": [{"noise": n, "stall_threshold": s} for n in (0.01, 0.1)
                     for s in (1e-4, 1e-3, 1e-2)],
     "synaprune-c": [{"beta": b} for b in (0.01, 0.1, 1.0)],
+    "saddle-free-newton": [{"damping": d} for d in (0.001, 0.01, 0.1, 1.0)],
 }
 COMBINATIONS = {
     "synaprune-ab": ("synaprune-a", "synaprune-b"),
@@ -96,6 +102,8 @@ COMBINATIONS = {
 
 
 def lr_grid(protocol: Protocol, name: str) -> tuple[float, ...]:
+    if name == "saddle-free-newton":
+        return protocol.newton_lr
     return protocol.adam_lr if name == "adam" else protocol.sgd_lr
 
 
@@ -152,12 +160,12 @@ class Tuner:
         return min(cells, key=rank_key)  # min is stable: ties keep the grid's order
 
     def best_lr(self, stage: int, name: str, grid: tuple[float, ...],
-                fixed: dict[str, Any]) -> dict[str, Any]:
+                fixed: dict[str, Any], extend: bool = True) -> dict[str, Any]:
         """Best cell over the lr grid, extended by one step past an end that wins."""
         cells = [self.run(stage, name, {**fixed, "lr": lr}) for lr in grid]
         best = self.best(cells)
         lr = best["options"]["lr"]
-        if len(grid) > 1 and lr in (grid[0], grid[-1]):
+        if extend and len(grid) > 1 and lr in (grid[0], grid[-1]):
             beyond = lr * LR_FACTOR if lr == grid[-1] else lr / LR_FACTOR
             cells.append(self.run(stage, name, {**fixed, "lr": float(f"{beyond:.3g}")}))
             best = self.best(cells)
@@ -175,9 +183,11 @@ def tune(name: str, store: ResultStore, verbose: bool) -> tuple[dict[str, dict[s
     for method in SINGLES:
         if not tuner.compatible(method):
             continue
-        chosen[method] = dict(tuner.best_lr(1, method, lr_grid(protocol, method), {})["options"])
+        extend = method not in protocol.grid_only
+        chosen[method] = dict(tuner.best_lr(1, method, lr_grid(protocol, method), {},
+                                            extend)["options"])
     for method, grid in KNOBS.items():
-        if method not in chosen or not protocol.knobs:
+        if method not in chosen or not protocol.knobs or method in protocol.grid_only:
             continue
         cells = [tuner.run(2, method, {**chosen[method], **knob}) for knob in grid]
         chosen[method] = dict(tuner.best(cells)["options"])
@@ -206,9 +216,21 @@ def write_tuned() -> None:
     tuned = {path.stem: json.loads(path.read_text())["chosen"]
              for path in sorted(LOG_DIR.glob("*.json")) if path.stem in PROBLEMS}
     header = TUNED_MODULE.read_text().split("TUNED:", 1)[0]
-    body = pprint.pformat(dict(sorted(tuned.items())), width=96, sort_dicts=True)
-    write_atomically(TUNED_MODULE,
-                     f"{header}TUNED: dict[str, dict[str, dict[str, Any]]] = {body}\n")
+    lines = ["TUNED: dict[str, dict[str, dict[str, Any]]] = {"]
+    for problem in sorted(tuned):
+        lines.append(f"    {problem!r}: {{")
+        for method in sorted(tuned[problem]):
+            options = dict(sorted(tuned[problem][method].items()))
+            line = f"        {method!r}: {options!r},"
+            if len(line) <= 99:
+                lines.append(line)
+            else:  # one option per line
+                lines.append(f"        {method!r}: {{")
+                lines.extend(f"            {k!r}: {v!r}," for k, v in options.items())
+                lines.append("        },")
+        lines.append("    },")
+    lines.append("}")
+    write_atomically(TUNED_MODULE, header + "\n".join(lines) + "\n")
 
 
 def report() -> str:
@@ -231,7 +253,7 @@ def report() -> str:
             steps = s["median_steps_to_success"]
             out.append(f"| {cell['stage']} | {cell['method']} | {opts} | "
                        f"{s['successes']}/{s['runs']} | {s['diverged']} | "
-                       f"{s['median_final_loss']:.4g} | {'-' if steps is None else steps} | "
+                       f"{s['median_final_loss']:.4g} | {'-' if steps is None else f'{steps:g}'} | "
                        f"{mark} |")
         out.append("")
     return "\n".join(out)

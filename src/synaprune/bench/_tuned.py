@@ -1,10 +1,125 @@
 """Method options tuned per problem by ``scripts/tune_methods.py`` (generated; do not edit).
 
-``TUNED[problem name][method name]`` holds the options that differ from the method's own
-defaults; :func:`synaprune.bench.get_method` applies them when given the problem. How they were
-chosen (tuning seeds, budgets, grids, criterion) is in ``docs/tuning.md``.
+``TUNED[problem name][method name]`` holds the options chosen by tuning (some may equal the
+method's own defaults); :func:`synaprune.bench.get_method` applies them when given the problem.
+How they were chosen (tuning seeds, budgets, grids, criterion) is in ``docs/tuning.md``.
 """
 
 from typing import Any
 
-TUNED: dict[str, dict[str, dict[str, Any]]] = {}
+TUNED: dict[str, dict[str, dict[str, Any]]] = {
+    'autoencoder': {
+        'adam': {'lr': 0.01},
+        'gd': {'lr': 3.0},
+        'gradient-noise': {'eta': 0.0003, 'lr': 0.3},
+        'momentum': {'lr': 0.3},
+        'perturbed-gd': {'lr': 9.49, 'radius': 2.0, 'threshold': 0.01},
+        'saddle-free-newton': {'lr': 0.3},
+        'sam': {'lr': 3.0, 'rho': 0.01},
+        'sgd': {'lr': 3.0},
+        'synaprune': {
+            'beta': 0.01,
+            'blend': 0.5,
+            'lr': 3.0,
+            'noise': 0.01,
+            'stall_threshold': 0.0001,
+        },
+        'synaprune-a': {'blend': 0.5, 'lr': 3.0},
+        'synaprune-ab': {'blend': 0.5, 'lr': 3.0, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-ac': {'beta': 0.01, 'blend': 0.5, 'lr': 3.0},
+        'synaprune-b': {'lr': 3.0, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-bc': {'beta': 0.01, 'lr': 3.0, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-c': {'beta': 0.01, 'lr': 3.0},
+    },
+    'gaussians': {
+        'adam': {'lr': 0.03},
+        'gd': {'lr': 1.0},
+        'gradient-noise': {'eta': 0.0003, 'lr': 0.3},
+        'momentum': {'lr': 0.3},
+        'perturbed-gd': {'lr': 1.0, 'radius': 0.1, 'threshold': 0.001},
+        'saddle-free-newton': {'damping': 0.001, 'lr': 0.3},
+        'sam': {'lr': 1.0, 'rho': 0.05},
+        'sgd': {'lr': 1.0},
+        'synaprune': {
+            'beta': 0.1,
+            'blend': 0.25,
+            'lr': 0.3,
+            'noise': 0.01,
+            'stall_threshold': 0.0001,
+        },
+        'synaprune-a': {'blend': 0.25, 'lr': 0.3},
+        'synaprune-ab': {'blend': 0.25, 'lr': 0.3, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-ac': {'beta': 0.1, 'blend': 0.25, 'lr': 0.3},
+        'synaprune-b': {'lr': 1.0, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-bc': {'beta': 0.1, 'lr': 0.3, 'noise': 0.01, 'stall_threshold': 0.0001},
+        'synaprune-c': {'beta': 0.1, 'lr': 0.3},
+    },
+    'spirals': {
+        'adam': {'lr': 0.03},
+        'gd': {'lr': 1.0},
+        'gradient-noise': {'eta': 0.003, 'lr': 3.0},
+        'momentum': {'lr': 0.3},
+        'perturbed-gd': {'lr': 3.0, 'radius': 2.0, 'threshold': 0.01},
+        'saddle-free-newton': {'damping': 0.01, 'lr': 0.3},
+        'sam': {'lr': 1.0, 'rho': 0.01},
+        'sgd': {'lr': 0.1},
+        'synaprune': {
+            'beta': 0.01,
+            'blend': 0.5,
+            'lr': 0.00949,
+            'noise': 0.1,
+            'stall_threshold': 0.01,
+        },
+        'synaprune-a': {'blend': 0.5, 'lr': 0.03},
+        'synaprune-ab': {'blend': 0.5, 'lr': 0.03, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-ac': {'beta': 0.01, 'blend': 0.5, 'lr': 0.00949},
+        'synaprune-b': {'lr': 3.0, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-bc': {'beta': 0.01, 'lr': 3.0, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-c': {'beta': 0.01, 'lr': 1.0},
+    },
+    'teacher-student': {
+        'adam': {'lr': 0.03},
+        'gd': {'lr': 0.3},
+        'gradient-noise': {'eta': 0.003, 'lr': 0.3},
+        'momentum': {'lr': 0.3},
+        'perturbed-gd': {'lr': 0.3, 'radius': 0.1, 'threshold': 0.01},
+        'saddle-free-newton': {'damping': 0.001, 'lr': 1.0},
+        'sam': {'lr': 0.3, 'rho': 0.05},
+        'sgd': {'lr': 0.3},
+        'synaprune': {
+            'beta': 0.1,
+            'blend': 0.25,
+            'lr': 0.03,
+            'noise': 0.1,
+            'stall_threshold': 0.01,
+        },
+        'synaprune-a': {'blend': 0.25, 'lr': 0.03},
+        'synaprune-ab': {'blend': 0.25, 'lr': 0.3, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-ac': {'beta': 0.1, 'blend': 0.25, 'lr': 0.03},
+        'synaprune-b': {'lr': 0.3, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-bc': {'beta': 0.1, 'lr': 0.3, 'noise': 0.1, 'stall_threshold': 0.01},
+        'synaprune-c': {'beta': 0.1, 'lr': 0.1},
+    },
+    'xor': {
+        'adam': {'lr': 0.1},
+        'gd': {'lr': 9.49},
+        'gradient-noise': {'eta': 0.0003, 'lr': 3.0},
+        'momentum': {'lr': 1.0},
+        'perturbed-gd': {'lr': 9.49, 'radius': 0.1, 'threshold': 0.01},
+        'saddle-free-newton': {'damping': 0.01, 'lr': 1.0},
+        'sam': {'lr': 9.49, 'rho': 0.05},
+        'synaprune': {
+            'beta': 0.1,
+            'blend': 0.5,
+            'lr': 1.0,
+            'noise': 0.01,
+            'stall_threshold': 0.01,
+        },
+        'synaprune-a': {'blend': 0.5, 'lr': 1.0},
+        'synaprune-ab': {'blend': 0.5, 'lr': 1.0, 'noise': 0.01, 'stall_threshold': 0.01},
+        'synaprune-ac': {'beta': 0.1, 'blend': 0.5, 'lr': 1.0},
+        'synaprune-b': {'lr': 9.49, 'noise': 0.01, 'stall_threshold': 0.01},
+        'synaprune-bc': {'beta': 0.1, 'lr': 3.0, 'noise': 0.01, 'stall_threshold': 0.01},
+        'synaprune-c': {'beta': 0.1, 'lr': 3.0},
+    },
+}
