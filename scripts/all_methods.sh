@@ -16,6 +16,6 @@ $BIN bench --problem gaussians --method sgd,$ALL --seeds 64 --steps 2000 --db $D
 $BIN bench --problem spirals --method sgd,$ALL --seeds 64 --steps 2000 --db $DB --quiet
 $BIN bench --problem teacher-student:exact=false,k=6 --method sgd,$ALL --seeds 64 --steps 1000 \
   --db $DB --quiet
-# autoencoder: ~40x the cost per step of the others, so 32 seeds and 300 steps
-$BIN bench --problem autoencoder --method sgd,$ALL --seeds 32 --steps 300 --db $DB --quiet
+# autoencoder: ~40x the cost per step of the others, so 16 seeds and 300 steps
+$BIN bench --problem autoencoder --method sgd,$ALL --seeds 16 --steps 300 --db $DB --quiet
 $BIN results --db $DB --plot docs/all_methods.png

@@ -66,7 +66,8 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
     axes[-1, 0].set_xlabel("success rate (bars: 95% Wilson interval)")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # leave the top 0.4 inch for the title, above the first panel's own
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}", suffix=path.suffix)
