@@ -44,6 +44,10 @@ CASES = [
     ("xor:hidden=3", "synaprune-bc:lr=1,beta=0.01,noise=0.1,noise_trigger=always", 60),
     ("spirals:N=40", "synaprune:lr=0.5,beta=0.01,noise=0.05,noise_trigger=always,batch_size=8,"
      "momentum=0.9", 40),
+    # saddle-free Newton: a closure that returns the loss with its graph (loss_closure)
+    ("xor", "saddle-free-newton", 40),  # k = 20 capped at 9: the full-space step
+    ("xor:hidden=3", "saddle-free-newton:krylov_dim=4,lr=0.5", 40),  # a true subspace
+    ("teacher-student:exact=true,k=4", "saddle-free-newton:lr=0.5", 60),  # seeds stop apart
     # mechanism C on models that are not nn.Sequential (hidden modules found or named)
     ("teacher-student:exact=false,k=4,N=60", "synaprune-c:lr=0.3,beta=0.1", 40),
     ("gaussians:N=40", "synaprune-bc:lr=0.3,beta=0.1,noise=0.1,noise_trigger=always", 40),
