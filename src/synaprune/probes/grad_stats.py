@@ -38,7 +38,7 @@ import functools
 import math
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -719,22 +719,31 @@ class PerExampleGradStats:
             else:
                 b.grad_sumsq.addmv_(d2.t(), ones, alpha=alpha)  # type: ignore[union-attr]
 
+    def _chunked_sums(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
+                      reduce: Callable[[Tensor], Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
+        """sum over the batch of ``reduce(g)`` for each parameter, where g holds the per-example
+        gradients of a chunk of examples (chunks bound the memory of materialised gradients)."""
+        batch = rec.batch_size
+        numel = sum(p.numel() for p in own.values())
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, numel))
+        sums: dict[int, tuple[nn.Parameter, Tensor]] = {}
+        for start in range(0, batch, chunk):
+            part = slice(start, min(start + chunk, batch)) if chunk < batch else None
+            for p, g in self._per_example(rec, delta, part):
+                v = reduce(g)
+                prev = sums.get(id(p))
+                sums[id(p)] = (p, v if prev is None else prev[1].add_(v))
+        return list(sums.values())
+
     def _add_materialised(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
                           alpha: float) -> None:
         """Per-example gradients materialised, in chunks of examples to bound memory; with
         ``"sqnorm"`` too, sum_i ||g_i||**2 is the sum of the parameter-sized sum_i g_i**2."""
-        batch = rec.batch_size
-        numel = sum(p.numel() for p in own.values())
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, numel))
-        sums: dict[int, tuple[Tensor, Tensor]] = {}
-        for start in range(0, batch, chunk):
-            part = slice(start, min(start + chunk, batch)) if chunk < batch else None
-            for p, g in self._per_example(rec, delta, part):
-                sq = g.square() if _shares_memory(g, delta) else g.square_()
-                s = sq.sum(0)
-                prev = sums.get(id(p))
-                sums[id(p)] = (p, s if prev is None else prev[1].add_(s))
-        for p, s in sums.values():
+
+        def sumsq(g: Tensor) -> Tensor:
+            return (g.square() if _shares_memory(g, delta) else g.square_()).sum(0)
+
+        for p, s in self._chunked_sums(rec, own, delta, sumsq):
             if self._sqnorm:
                 self._put(p, "grad_sqnorm_sum", s.sum(), alpha)
             self._put(p, "grad_sumsq", s, alpha)
@@ -742,17 +751,7 @@ class PerExampleGradStats:
     def _add_sqnorm_fallback(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
                              alpha: float) -> None:
         """sum_i ||g_i||**2 from per-example gradients by vmap, in chunks of examples."""
-        batch = rec.batch_size
-        numel = sum(p.numel() for p in own.values())
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, numel))
-        sums: dict[int, tuple[Tensor, Tensor]] = {}
-        for start in range(0, batch, chunk):
-            part = slice(start, min(start + chunk, batch)) if chunk < batch else None
-            for p, g in self._per_example(rec, delta, part):
-                v = _sqdot(g)
-                prev = sums.get(id(p))
-                sums[id(p)] = (p, v if prev is None else prev[1].add_(v))
-        for p, v in sums.values():
+        for p, v in self._chunked_sums(rec, own, delta, _sqdot):
             self._put(p, "grad_sqnorm_sum", v, alpha)
 
     def _add_sqnorm_gram(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
