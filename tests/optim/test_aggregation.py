@@ -57,6 +57,8 @@ def test_cancellation_is_one_where_examples_agree_and_zero_where_they_cancel():
     c = cancellation(per.mean(0), per.pow(2).sum(0), per.shape[0])
     expected = per.mean(0).abs() / per.pow(2).mean(0).sqrt()
     torch.testing.assert_close(c, expected, rtol=1e-12, atol=1e-15)
+    # Exact: coordinate 0 holds seven 1.0s (sum 7, mean 1, rms 1), coordinate 1 pairs of +-1
+    # (sum exactly 0), all exactly representable whatever the summation order.
     assert c[0] == 1.0 and c[1] == 0.0
     zero = torch.zeros(3, dtype=torch.float64)
     assert torch.equal(cancellation(zero, zero, 4), torch.ones(3, dtype=torch.float64))

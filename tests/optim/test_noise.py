@@ -112,5 +112,7 @@ def test_noise_breaks_a_symmetric_stuck_point():
 
     plain_loss, plain_gap = run(0.0)
     noisy_loss, noisy_gap = run(0.05)
-    assert plain_gap == 0.0 and plain_loss > 0.1
+    # In exact arithmetic plain GD keeps the two rows equal; a BLAS kernel may round the two rows'
+    # gradients differently by an ulp, so "stays symmetric" is a gap at rounding level.
+    assert plain_gap < 1e-8 and plain_loss > 0.1
     assert noisy_gap > 0.1 and noisy_loss < 0.01

@@ -26,7 +26,11 @@ def test_gaussians_true_parameters_give_zero_loss(components: int) -> None:
         for name, values in TRUE_PARAMETERS.items():
             getattr(model, name)[:4] = torch.tensor(values, dtype=F64)
         model.heights[4:] = 0.0  # extra components switched off
-    assert problem.loss(model).item() == 0.0
+    # The model sums six bumps (two switched off), the targets four: the same values added in
+    # another order, so the loss is zero to rounding (a few ulps of |y| per example), not exactly.
+    _, y = problem.data()
+    rounding = (64 * torch.finfo(F64).eps * float(y.abs().max())) ** 2
+    assert 0 <= problem.loss(model).item() <= rounding
     assert problem.solved(0.0)
     # Moving one centre by 0.1 is a failure: the tolerance is tight.
     with torch.no_grad():
