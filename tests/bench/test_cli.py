@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from synaprune.bench import ResultStore, add_bench_parser, add_results_parser
-from synaprune.cli import UsageError
 from synaprune.cli import main as bench_main
+from synaprune.errors import UsageError
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -4,7 +4,7 @@
     synaprune results --db results.db --problem teacher-student --format table
 
 Bad input (unknown problem, method or option names, malformed options, an unreadable database)
-raises :class:`synaprune.cli.UsageError`, which the main command prints as one line (exit 2).
+raises :class:`synaprune.errors.UsageError`, which the main command prints as one line (exit 2).
 """
 
 from __future__ import annotations
@@ -21,17 +21,10 @@ from synaprune.bench.runner import check_compatible
 from synaprune.bench.store import ResultStore
 from synaprune.bench.summary import FORMATS, format_summaries, summarize
 from synaprune.bench.sweep import sweep
+from synaprune.errors import UsageError
 from synaprune.problems import Problem, get_problem, list_problems
 
 __all__ = ["add_bench_parser", "add_results_parser", "cmd_bench", "cmd_results"]
-
-
-def _usage_error(message: str) -> Exception:
-    """A :class:`synaprune.cli.UsageError`, imported late so that ``synaprune.cli`` may import
-    this module at any point of its own initialisation without a circular import."""
-    from synaprune.cli import UsageError
-
-    return UsageError(message)
 
 
 def _problems(specs: list[str]) -> list[Problem]:
@@ -40,7 +33,7 @@ def _problems(specs: list[str]) -> list[Problem]:
         try:
             problems.append(get_problem(spec))
         except (ValueError, KeyError) as exc:
-            raise _usage_error(str(exc).strip("'\"")) from None
+            raise UsageError(str(exc).strip("'\"")) from None
     return problems
 
 
@@ -49,9 +42,9 @@ def _open_store(path: str, readonly: bool) -> ResultStore:
     try:
         return ResultStore(path, readonly=readonly)
     except FileNotFoundError:
-        raise _usage_error(f"cannot read database '{path}': no such file") from None
+        raise UsageError(f"cannot read database '{path}': no such file") from None
     except (sqlite3.Error, OSError) as exc:
-        raise _usage_error(f"cannot {verb} database '{path}': {exc}") from None
+        raise UsageError(f"cannot {verb} database '{path}': {exc}") from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -68,11 +61,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             that cannot be opened.
     """
     if args.seeds < 1:
-        raise _usage_error(f"--seeds must be >= 1, got {args.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps < 0:
-        raise _usage_error(f"--steps must be >= 0, got {args.steps}")
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
     if args.batch_seeds < 1:
-        raise _usage_error(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
+        raise UsageError(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
     problems = _problems(args.problem)
     # Options not given on the command line take the values tuned on each problem
     # (docs/tuning.md), unless --defaults plain asks for the methods' own defaults.
@@ -84,9 +77,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for method in methods[problem.spec]:
                 check_compatible(problem, method)
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.threads < 1:
-        raise _usage_error(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -146,7 +139,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from synaprune.bench._runs import format_runs, method_matcher
 
     if args.format not in FORMATS:
-        raise _usage_error(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
     filters: list[str] = []
     for spec in args.problem or []:
         if ":" in spec:
@@ -154,17 +147,17 @@ def cmd_results(args: argparse.Namespace) -> int:
         elif spec in list_problems():
             filters.append(spec)
         else:
-            raise _usage_error(f"Unknown problem '{spec}'; choose from: "
+            raise UsageError(f"Unknown problem '{spec}'; choose from: "
                              f"{', '.join(list_problems())}")
     try:
         match = method_matcher(args.method or [])
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     store = _open_store(args.db, readonly=True)
     try:
         rows = [r for r in store.rows(filters or None) if match(r)]
     except sqlite3.Error as exc:
-        raise _usage_error(f"cannot read database '{args.db}': {exc}") from None
+        raise UsageError(f"cannot read database '{args.db}': {exc}") from None
     finally:
         store.close()
     if args.runs:
@@ -175,13 +168,13 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
         if not summaries:
-            raise _usage_error("--plot: no runs match, nothing to draw")
+            raise UsageError("--plot: no runs match, nothing to draw")
         from synaprune.report import plot_success_rates
 
         try:
             path = plot_success_rates(summaries, args.plot, title=f"success rates: {args.db}")
         except (OSError, ValueError) as exc:
-            raise _usage_error(f"cannot write plot '{args.plot}': {exc}") from None
+            raise UsageError(f"cannot write plot '{args.plot}': {exc}") from None
         print(f"figure: {path}", file=sys.stderr)
     return 0
 

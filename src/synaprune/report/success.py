@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from synaprune._io import atomic_output
 from synaprune.bench.summary import Summary
 
 __all__ = ["plot_success_rates"]
@@ -24,7 +23,8 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
         summaries: From :func:`synaprune.bench.summarize`; several budgets of one
             (problem, method) become separate bars.
         path: Image file to write (format from the suffix, e.g. ``.png``, ``.svg``); written
-            to a temporary file in the same directory first, then renamed.
+            to a temporary file in the same directory first, then renamed, with the
+            permissions of the user's umask.
         title: Figure title.
 
     Returns:
@@ -69,14 +69,9 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
     # leave the top 0.4 inch for the title, above the first panel's own
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
