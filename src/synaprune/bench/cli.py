@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,13 +39,17 @@ def _problems(specs: list[str]) -> list[Problem]:
 
 
 def _open_store(path: str, readonly: bool) -> ResultStore:
-    verb = "read" if readonly else "open"
     try:
         return ResultStore(path, readonly=readonly)
     except FileNotFoundError:
         raise UsageError(f"cannot read database '{path}': no such file") from None
     except (sqlite3.Error, OSError) as exc:
-        raise UsageError(f"cannot {verb} database '{path}': {exc}") from None
+        if readonly:
+            raise UsageError(f"cannot read database '{path}': {exc}") from None
+        raise UsageError(f"cannot write database '{path}': {exc} (bench writes the file and "
+                         f"creates {Path(path).name}-wal and -shm beside it: check the "
+                         f"permissions of the file and its folder, or choose another --db)"
+                         ) from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -110,8 +115,13 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
                     if bar is not None and t % 50 == 0:
                         bar.set_postfix_str(f"step {t}/{args.steps}, {active} active")
 
-                sweep(problem, method, seeds, args.steps, store, batch_seeds=args.batch_seeds,
-                      on_step=on_step, on_batch=bar.update if bar is not None else None)
+                try:
+                    sweep(problem, method, seeds, args.steps, store,
+                          batch_seeds=args.batch_seeds, on_step=on_step,
+                          on_batch=bar.update if bar is not None else None)
+                except sqlite3.Error as exc:  # e.g. the disk filled up after the open
+                    raise UsageError(f"cannot write database '{args.db}': {exc}; the batches "
+                                     f"written before are kept, and a rerun resumes") from None
         if bar is not None:
             bar.close()
         rows = [r for r in store.rows([p.spec for p in problems])
