@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from synaprune.bench import ResultStore, add_bench_parser, add_results_parser
+from synaprune.bench import ResultStore
+from synaprune.bench.cli import add_bench_parser, add_results_parser
 from synaprune.cli import main as bench_main
 from synaprune.errors import UsageError
 

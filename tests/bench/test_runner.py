@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from synaprune import PerExampleGradStats, SynaPrune
-from synaprune.bench import MinibatchSampler, check_compatible, get_method, run_seeds, run_single
-from synaprune.bench.runner import curve_steps
+from synaprune.bench import get_method, run_seeds, run_single
+from synaprune.bench.runner import MinibatchSampler, check_compatible, curve_steps
 from synaprune.problems import Problem, get_problem, list_problems
 
 # (problem, method, steps): every method, on exact and per-example problems, full batch and
