@@ -40,7 +40,7 @@ def test_bench_writes_runs_and_prints_summary(tmp_path: Path, capsys) -> None:
     assert _run([*BENCH, "--db", db]) == 0
     out = capsys.readouterr().out
     assert "problem: teacher-student:N=2000,d=4,exact=True,k=4,n=4" in out
-    assert "gd:lr=0.1" in out and "adam:batch_size=none" in out
+    assert "\ngd " in out and "\nadam lr=0.05 " in out  # names and the options changed
     with ResultStore(db) as store:
         rows = store.rows()
         assert len(rows) == 12
@@ -165,7 +165,7 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["id", "seed", "status", "steps", "final", "loss", "final",
                                 "grad", "norm", "problem", "method"]
-    assert len(table) == 2 + 6 and all("adam:" in line for line in table[2:])
+    assert len(table) == 2 + 6 and all(line.endswith(" adam lr=0.05") for line in table[2:])
 
     _run(["results", "--db", db, "--runs", "--problem", "xor"])
     assert capsys.readouterr().out == "no runs match\n"
@@ -306,3 +306,19 @@ def test_results_refuses_a_pending_wal_in_an_unwritable_folder(unwritable, capsy
     assert err.count("\n") == 1 and "r.db-wal may hold rows" in err
     assert bench_main(["results", "--db", str(copy / "r.db"), "--runs", "--format", "json"]) == 0
     assert [r["seed"] for r in json.loads(capsys.readouterr().out)] == [0]  # writable: right
+
+
+def test_results_format_text_is_the_default_and_table_its_old_name(tmp_path: Path,
+                                                                   capsys) -> None:
+    """One word for one thing: ``--format text``, as for ``synaprune diagnose``."""
+    db = _stored_db(tmp_path)
+    capsys.readouterr()
+    outputs = []
+    for extra in ([], ["--format", "text"], ["--format", "table"]):
+        for runs in ([], ["--runs"]):
+            assert _run(["results", "--db", str(db), *runs, *extra]) == 0
+            outputs.append(capsys.readouterr().out)
+    assert outputs[0::2] == [outputs[0]] * 3 and outputs[1::2] == [outputs[1]] * 3
+    assert outputs[0].startswith("problem: xor") and outputs[1].startswith("id ")
+    help_text = _parse(["results"])  # the parser's default, as --help shows it
+    assert help_text.format == "text"

@@ -1,7 +1,7 @@
 """The ``bench`` and ``results`` subcommands, registered into the main ``synaprune`` parser.
 
     synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
-    synaprune results --db results.db --problem teacher-student --format table
+    synaprune results --db results.db --problem teacher-student --format text
 
 Bad input (unknown problem, method or option names, malformed options, an unreadable database)
 raises :class:`synaprune.errors.UsageError`, which the main command prints as one line (exit 2).
@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from synaprune._spec import normalize_name
+from synaprune.bench._runs import format_runs, method_matcher
 from synaprune.bench.methods import Method, parse_method_list
 from synaprune.bench.runner import check_compatible
 from synaprune.bench.store import ResultStore
-from synaprune.bench.summary import FORMATS, format_summaries, summarize
+from synaprune.bench.summary import FORMATS, check_format, format_summaries, summarize
 from synaprune.bench.sweep import sweep
 from synaprune.errors import UsageError
 from synaprune.problems import Problem, get_problem, list_problems
@@ -128,7 +130,7 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
                 if r["method"] in {m.spec for m in methods[r["problem"]]}
                 and r["budget"] == args.steps
                 and args.seed_start <= r["seed"] < args.seed_start + args.seeds]
-        print(format_summaries(summarize(rows), "table"))
+        print(format_summaries(summarize(rows), "text"))
     finally:
         store.close()
     return 0
@@ -146,16 +148,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     Raises:
         UsageError: For an unreadable database, an unknown problem or method or a bad format.
     """
-    from synaprune.bench._runs import format_runs, method_matcher
-
-    if args.format not in FORMATS:
-        raise UsageError(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
+    try:
+        fmt = check_format(args.format)
+    except ValueError:
+        raise UsageError(f"unknown format '{args.format}'; choose from: "
+                         f"{', '.join(FORMATS)}") from None
     filters: list[str] = []
     for spec in args.problem or []:
         if ":" in spec:
             filters.append(_problems([spec])[0].spec)
-        elif spec in list_problems():
-            filters.append(spec)
+        elif normalize_name(spec) in list_problems():
+            filters.append(normalize_name(spec))
         else:
             raise UsageError(f"Unknown problem '{spec}'; choose from: "
                              f"{', '.join(list_problems())}")
@@ -171,10 +174,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.runs:
-        print(format_runs(rows, args.format), end="")
+        print(format_runs(rows, fmt), end="")
         return 0
     summaries = summarize(rows)
-    text = format_summaries(summaries, args.format)
+    text = format_summaries(summaries, fmt)
     print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
         if not summaries:
@@ -248,7 +251,10 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "matches the runs with those option values (repeatable)")
     p.add_argument("--runs", action="store_true",
                    help="list the runs, with their ids, instead of summarising them")
-    p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--format", default="text",
+                   help=f"one of {', '.join(FORMATS)} (default text: methods by name and the "
+                        "options other than their defaults; csv and json give the full specs; "
+                        "'table' is read as text)")
     p.add_argument("--plot", metavar="FILE",
                    help="also draw the success rates with their intervals into FILE (.png, .svg)")
     p.set_defaults(func=cmd_results)
