@@ -13,17 +13,17 @@ Available methods:
   epoch, last partial batch dropped) drawn from a generator seeded with the run's seed.
 * ``momentum``: heavy-ball SGD (torch's convention), full batch unless ``batch_size`` is set.
 * ``adam``: ``torch.optim.Adam``, full batch unless ``batch_size`` is set.
-* ``synaprune-a``: deterministic SynaPrune, mechanism A only (``aggregation`` ``blend`` or
-  ``rms`` from per-example gradient statistics, no weight noise); needs a per-example problem.
 * ``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
 * ``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al. 2015).
 * ``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021); needs a closure.
-* ``synaprune-b``: SynaPrune, mechanism B only (magnitude-proportional weight noise).
-* ``synaprune-ab``: SynaPrune, mechanisms A and B.
-* ``synaprune-c``, ``synaprune-ac``, ``synaprune-bc``, ``synaprune`` (all three): mechanism C,
-  the activation-gradient penalty (:class:`synaprune.ActivationGradientPenalty` in the plain
-  loop, :class:`synaprune.bench.penalty.StackedPenalty` in the seed-batched runner), alone or
-  with A and/or B; per-example problems (hidden modules: the problem's ``hidden_modules``).
+* ``synaprune-a``, ``-b``, ``-c``, ``-ab``, ``-ac``, ``-bc`` and ``synaprune`` (all three):
+  presets of one method, :class:`SynaPruneMethod`, with the mechanisms in the name switched
+  on: A, aggregation ``blend`` or ``rms`` from per-example gradient statistics (needs a
+  per-example problem); B, magnitude-proportional weight noise; C, the activation-gradient
+  penalty (:class:`synaprune.ActivationGradientPenalty` in the plain loop,
+  :class:`synaprune.bench.penalty.StackedPenalty` in the seed-batched runner; per-example
+  problems, hidden modules: the problem's ``hidden_modules``). Without B the optimizer is
+  deterministic.
 * ``saddle-free-newton``: :class:`synaprune.SaddleFreeNewton` (Dauphin et al. 2014), full
   batch, for small models: |H|^-1 g in a Krylov subspace; needs a loss closure.
 
@@ -34,7 +34,9 @@ exactly what it would draw alone); the runner derives seed s's generator with
 
 To add a method, subclass :class:`Method`, give it a ``name`` and
 option fields (each with ``metadata={"kind": ..., "help": ...}``), implement
-:meth:`Method.make_optimizer` and register it in ``_METHODS``.
+:meth:`Method.make_optimizer` and register it in ``_METHODS``. To add an option to a SynaPrune
+mechanism, add one field to :class:`SynaPruneMethod` (``_mech("b", ...)``): every preset with
+that mechanism has it.
 
 Defaults. Each class's own defaults (used when no problem is given, and by ``synaprune bench
 --defaults plain``) are the paper's where it gives a usable value, otherwise a first pass on
@@ -45,8 +47,11 @@ from the options tuned on that problem by ``scripts/tune_methods.py``: tuning se
 scored by successes, then median final loss; protocol, grids and every cell's score are in
 ``docs/tuning.md``.
 
-Spec strings: ``name`` or ``name:key=value,...``, e.g. ``adam:lr=0.01,betas=(0.9,0.99)``.
-Tuples are written in parentheses; ``none`` means None.
+Spec strings: ``name`` or ``name:key=value,...``, e.g. ``adam:lr=0.01,betas=(0.9,0.99)``,
+read by the parser shared with the problems (:mod:`synaprune._spec`): names case-insensitive,
+keys case-sensitive, a key given twice an error. Tuples are written in parentheses; ``none``
+means None. :attr:`Method.spec` is the canonical spec (every option, sorted: the key of stored
+runs); :attr:`Method.label` the short name tables and figures show.
 
 Example:
     >>> from synaprune.bench import get_method
@@ -105,7 +110,7 @@ class Method:
     """Base class of the registered methods.
 
     Attributes:
-        name: Registry name (class attribute).
+        name: Registry name (a class attribute; a property of :class:`SynaPruneMethod`).
         per_example_stats: Whether the optimizer reads per-example gradient statistics
             (``p.grad_sumsq``, ``p.grad_batch_size``, ``p.grad_reduction``) (class attribute).
         needs_closure: Whether ``step`` needs a closure that zeroes the gradients, re-evaluates

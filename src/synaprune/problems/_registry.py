@@ -1,4 +1,4 @@
-"""Registry of problems and the spec-string parser behind :func:`get_problem`."""
+"""Registry of problems; :func:`get_problem` reads specs with the parser shared with the methods."""
 
 from __future__ import annotations
 
