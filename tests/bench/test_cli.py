@@ -322,3 +322,15 @@ def test_results_format_text_is_the_default_and_table_its_old_name(tmp_path: Pat
     assert outputs[0].startswith("problem: xor") and outputs[1].startswith("id ")
     help_text = _parse(["results"])  # the parser's default, as --help shows it
     assert help_text.format == "text"
+
+
+def test_results_filters_take_names_in_any_case(tmp_path: Path, capsys) -> None:
+    """The spec rule (names case-insensitive) holds for the filters too."""
+    db = _stored_db(tmp_path)
+    capsys.readouterr()
+    outputs = []
+    for problem, method in (("xor", "gd"), ("XOR", "GD"), ("Xor", "Gd")):
+        assert _run(["results", "--db", str(db), "--runs", "--format", "json", "--problem",
+                     problem, "--method", method]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert len(outputs[0]) == 2 and outputs == [outputs[0]] * 3
