@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from synaprune.bench import ResultStore, get_method, summarize
+from synaprune.bench import ResultStore, method_label, summarize
 
 
 def short(spec: str) -> str:
     """``name (key=value, ...)`` with only the options that differ from the class defaults."""
-    method = get_method(spec)
-    plain = get_method(method.name).options
-    changed = [f"{k}={v}" for k, v in sorted(method.options.items()) if plain.get(k) != v]
-    return f"`{method.name}`" + (f" ({', '.join(changed)})" if changed else "")
+    name, *changed = method_label(spec).split(" ")
+    return f"`{name}`" + (f" ({', '.join(changed)})" if changed else "")
 
 
 def main() -> None:

@@ -28,18 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from synaprune.bench import ResultStore, check_compatible, get_method, sweep
+from synaprune._io import atomic_output
+from synaprune.bench import ResultStore, get_method, sweep
 from synaprune.bench.methods import Method
+from synaprune.bench.runner import check_compatible
 from synaprune.problems import Problem, get_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,11 +203,8 @@ def tune(name: str, store: ResultStore, verbose: bool) -> tuple[dict[str, dict[s
 
 
 def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # the umask's permissions, not mkstemp's 0600
+        tmp.write_text(text)
 
 
 def write_tuned() -> None:

@@ -15,3 +15,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test: ``umask(0o027)``; restored afterwards."""
+    import os
+
+    before = os.umask(0o022)
+
+    def set_mask(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_mask
+    os.umask(before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 import torch
 
 from synaprune.cli import main
@@ -16,10 +18,14 @@ def test_symmetric_start_has_identical_hidden_units():
                            make_net(3, symmetric=False)[0].weight[1])
 
 
-def test_demo_runs_every_method_and_plain_gd_stays_on_the_symmetric_plateau(tmp_path, capsys):
+def test_demo_runs_every_method_and_plain_gd_stays_on_the_symmetric_plateau(tmp_path, capsys,
+                                                                           umask):
+    umask(0o022)
     plot = tmp_path / "demo.png"
     curves = run_demo(steps=300, seeds=2, plot=str(plot), progress=False)
     assert plot.stat().st_size > 0
+    assert stat.S_IMODE(plot.stat().st_mode) == 0o644  # the umask's mode
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.png"]  # no temporary left
     for start in ("random start", "symmetric start"):
         assert set(curves[start]) == {m.name for m in METHODS}
         for runs in curves[start].values():

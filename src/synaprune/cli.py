@@ -2,12 +2,13 @@
 
     synaprune demo                 # plain SGD against SynaPrune on a net that GD leaves stuck
     synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
-    synaprune results --db results.db --format table --plot out/success.png
+    synaprune results --db results.db --format text --plot out/success.png
     synaprune results --db results.db --runs --problem xor     # run ids, for diagnose --run
     synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
     synaprune diagnose --db results.db --run 14
 
-Bad input gives one line on standard error and exit status 2, never a traceback.
+Bad input gives one line on standard error and exit status 2, never a traceback: the
+subcommands raise :class:`synaprune.errors.UsageError` for it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from synaprune import __version__
+from synaprune.bench.cli import add_bench_parser, add_results_parser
+from synaprune.diagnose.cli import add_diagnose_parser
+from synaprune.errors import UsageError
 
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit status 2."""
+__all__ = ["build_parser", "main"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -34,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="synaprune",
         description="Train past bad local minima, diagnose stuck runs, measure it honestly.",
     )
+    parser.add_argument("--version", action="version", version=f"synaprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="plain SGD against SynaPrune where GD gets stuck")
     demo.add_argument("--steps", type=int, default=2000, help="training steps per run")
@@ -41,9 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", default="out/demo.png",
                       help="where to save the loss curves (PNG); '' for none")
     demo.set_defaults(func=_cmd_demo)
-
-    from synaprune.bench.cli import add_bench_parser, add_results_parser
-    from synaprune.diagnose.cli import add_diagnose_parser
 
     add_bench_parser(sub)
     add_results_parser(sub)

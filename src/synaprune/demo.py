@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from synaprune._io import atomic_output
 from synaprune.optim import ActivationGradientPenalty, SynaPrune
 from synaprune.probes import PerExampleGradStats
 
@@ -159,8 +160,8 @@ def _plot(curves: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
         ax.set_title(f"XOR 2-2-1, {start_name}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)

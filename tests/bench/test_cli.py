@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from synaprune.bench import ResultStore, add_bench_parser, add_results_parser
-from synaprune.cli import UsageError
+from synaprune.bench import ResultStore
+from synaprune.bench.cli import add_bench_parser, add_results_parser
 from synaprune.cli import main as bench_main
+from synaprune.errors import UsageError
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -37,7 +40,7 @@ def test_bench_writes_runs_and_prints_summary(tmp_path: Path, capsys) -> None:
     assert _run([*BENCH, "--db", db]) == 0
     out = capsys.readouterr().out
     assert "problem: teacher-student:N=2000,d=4,exact=True,k=4,n=4" in out
-    assert "gd:lr=0.1" in out and "adam:batch_size=none" in out
+    assert "\ngd " in out and "\nadam lr=0.05 " in out  # names and the options changed
     with ResultStore(db) as store:
         rows = store.rows()
         assert len(rows) == 12
@@ -115,7 +118,7 @@ def test_results_bad_input_raises_usage_error(tmp_path: Path) -> None:
 
 
 def test_bench_into_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="cannot open database"):
+    with pytest.raises(UsageError, match="cannot write database"):
         _run(["bench", "--problem", "xor", "--method", "gd", "--quiet",
               "--db", str(tmp_path / "no" / "such" / "dir.db")])
 
@@ -162,7 +165,7 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["id", "seed", "status", "steps", "final", "loss", "final",
                                 "grad", "norm", "problem", "method"]
-    assert len(table) == 2 + 6 and all("adam:" in line for line in table[2:])
+    assert len(table) == 2 + 6 and all(line.endswith(" adam lr=0.05") for line in table[2:])
 
     _run(["results", "--db", db, "--runs", "--problem", "xor"])
     assert capsys.readouterr().out == "no runs match\n"
@@ -214,3 +217,120 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def _stored_db(folder: Path) -> Path:
+    """A results database with 2 runs, its WAL checkpointed and removed (closed)."""
+    db = folder / "sub" / "r.db"
+    db.parent.mkdir()
+    db.parent.chmod(0o777)
+    assert _run(["bench", "--problem", "xor", "--method", "gd", "--seeds", "2", "--steps", "5",
+                 "--quiet", "--db", str(db)]) == 0
+    assert sorted(p.name for p in db.parent.iterdir()) == ["r.db"]
+    return db
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_bench_refuses_an_unwritable_database_before_training(
+        unwritable, what: str, capsys, monkeypatch) -> None:
+    shared, deny = unwritable
+    db = _stored_db(shared)
+    db.chmod(0o666)
+    before = db.read_bytes()
+    capsys.readouterr()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the database cannot be written")
+
+    # (the module, not the function synaprune.bench.sweep that shadows it)
+    monkeypatch.setattr(sys.modules["synaprune.bench.sweep"], "run_seeds", no_training)
+    with deny(db if what == "file" else db.parent):
+        status = bench_main(["bench", "--problem", "xor", "--method", "adam", "--seeds", "2",
+                             "--steps", "5", "--quiet", "--db", str(db)])
+    assert status == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert f"cannot write database '{db}'" in captured.err and "permissions" in captured.err
+    assert db.read_bytes() == before  # nothing saved is lost or changed
+    wal = db.with_name("r.db-wal")  # left empty by the refused connection when it may be made
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_results_reads_a_database_that_cannot_be_written(unwritable, what: str,
+                                                         capsys) -> None:
+    shared, deny = unwritable
+    db = _stored_db(shared)
+    db.chmod(0o666)
+    before = db.read_bytes()
+    capsys.readouterr()
+    outputs = []
+    # Locked first: a reader leaves r.db-shm and r.db-wal behind, with which a mode=ro reader
+    # would manage in a locked folder without any fix.
+    for locked in (True, False):
+        with deny(db if what == "file" else db.parent) if locked else contextlib.nullcontext():
+            for extra in ([], ["--runs", "--format", "json"]):
+                assert bench_main(["results", "--db", str(db), *extra]) == 0
+                outputs.append(capsys.readouterr().out)
+    assert outputs[:2] == outputs[2:]  # the same tables whether writable or not
+    assert "gd" in outputs[0] and len(json.loads(outputs[1])) == 2
+    assert db.read_bytes() == before
+
+
+def test_results_refuses_a_pending_wal_in_an_unwritable_folder(unwritable, capsys) -> None:
+    """An immutable reader would ignore the -wal, i.e. silently miss committed runs."""
+    import shutil
+    import sqlite3
+
+    shared, deny = unwritable
+    db = _stored_db(shared)
+    writer = sqlite3.connect(db)  # keeps the WAL: rows committed but not checkpointed
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    with writer:
+        writer.execute("DELETE FROM runs WHERE seed = 1")
+    copy = shared / "copy"
+    copy.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy(f"{db}{suffix}", copy / f"r.db{suffix}")
+        (copy / f"r.db{suffix}").chmod(0o666)
+    writer.close()
+    assert (copy / "r.db-wal").stat().st_size > 0
+    ignored = sqlite3.connect(f"file:{copy / 'r.db'}?mode=ro&immutable=1", uri=True)
+    assert ignored.execute("SELECT count(*) FROM runs").fetchone()[0] == 2  # the wrong count
+    ignored.close()
+    capsys.readouterr()
+    with deny(copy):
+        assert bench_main(["results", "--db", str(copy / "r.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "r.db-wal may hold rows" in err
+    assert bench_main(["results", "--db", str(copy / "r.db"), "--runs", "--format", "json"]) == 0
+    assert [r["seed"] for r in json.loads(capsys.readouterr().out)] == [0]  # writable: right
+
+
+def test_results_format_text_is_the_default_and_table_its_old_name(tmp_path: Path,
+                                                                   capsys) -> None:
+    """One word for one thing: ``--format text``, as for ``synaprune diagnose``."""
+    db = _stored_db(tmp_path)
+    capsys.readouterr()
+    outputs = []
+    for extra in ([], ["--format", "text"], ["--format", "table"]):
+        for runs in ([], ["--runs"]):
+            assert _run(["results", "--db", str(db), *runs, *extra]) == 0
+            outputs.append(capsys.readouterr().out)
+    assert outputs[0::2] == [outputs[0]] * 3 and outputs[1::2] == [outputs[1]] * 3
+    assert outputs[0].startswith("problem: xor") and outputs[1].startswith("id ")
+    help_text = _parse(["results"])  # the parser's default, as --help shows it
+    assert help_text.format == "text"
+
+
+def test_results_filters_take_names_in_any_case(tmp_path: Path, capsys) -> None:
+    """The spec rule (names case-insensitive) holds for the filters too."""
+    db = _stored_db(tmp_path)
+    capsys.readouterr()
+    outputs = []
+    for problem, method in (("xor", "gd"), ("XOR", "GD"), ("Xor", "Gd")):
+        assert _run(["results", "--db", str(db), "--runs", "--format", "json", "--problem",
+                     problem, "--method", method]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert len(outputs[0]) == 2 and outputs == [outputs[0]] * 3

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 import synaprune.bench as bench
 import synaprune.bench.methods as methods_module
 from synaprune import SynaPrune
-from synaprune.bench import (
-    PLANNED_METHODS,
-    SAM,
-    GradientNoise,
-    PerturbedGD,
-    get_method,
-    list_methods,
-    parse_method_list,
-)
+from synaprune.bench import get_method, list_methods, method_label, parse_method_list
+from synaprune.bench.methods import PLANNED_METHODS
+from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
 
 
 def test_public_names_import() -> None:
     for name in bench.__all__:
         assert getattr(bench, name) is not None
-    assert callable(bench.add_bench_parser) and callable(bench.add_results_parser)
+    # what a user of the lab needs; the method classes, the baselines' optimizers, the CLI
+    # plumbing and the runner's helpers stay in their submodules
+    assert sorted(bench.__all__) == sorted([
+        "Method", "ResultStore", "RunResult", "StoredRun", "Summary", "SweepReport",
+        "format_summaries", "get_method", "list_methods", "method_label", "parse_method_list",
+        "run_seeds", "run_single", "summarize", "sweep", "tuned_options", "wilson_interval"])
 
 
 def test_list_methods() -> None:
@@ -64,7 +66,7 @@ def test_method_list_keeps_options_with_their_method() -> None:
         ("nope", ["Unknown method 'nope'", "adam, gd, gradient-noise, momentum, perturbed-gd"]),
         ("adam:foo=1", ["Unknown option 'foo'", "batch_size, betas, eps, lr"]),
         ("adam:lr=fast", ["Bad value 'fast'", "'lr'"]),
-        ("adam:lr", ["Bad option 'lr'"]),
+        ("adam:lr", ["Malformed option 'lr'"]),
         ("adam:betas=(0.9)", ["Bad value", "'betas'"]),
         ("sgd:batch_size=2.5", ["Bad value", "integer"]),
         ("sgd:batch_size=0", ["Invalid batch_size"]),
@@ -153,3 +155,80 @@ def test_every_shipped_tuned_option_builds_a_valid_method() -> None:
             for key, value in options.items():  # every tuned value really applied
                 got = getattr(method, key)
                 assert (list(got) if isinstance(got, tuple) else got) == value, (problem, name)
+
+
+# Every method, at its own defaults and at the options tuned on each problem, as the code
+# before the SynaPrune presets became one class built it (tests/bench/data/; generated then
+# by dumping get_method(name, problem=p) for every name and problem).
+_BEFORE = json.loads((Path(__file__).parent / "data" / "methods_before_presets.json").read_text())
+
+
+@pytest.mark.parametrize("record", _BEFORE, ids=[r["spec"] for r in _BEFORE])
+def test_specs_stored_by_older_code_name_the_same_method(record: dict) -> None:
+    """A stored spec parses to the method that wrote it: same spec (the store's key), options,
+    mechanisms and optimizer settings."""
+    method = get_method(record["spec"])
+    assert method.spec == record["spec"]
+    assert method.options == record["options"]
+    assert method.name == record["name"]
+    assert (method.per_example_stats, method.stochastic, method.needs_closure,
+            method.loss_closure) == (record["per_example_stats"], record["stochastic"],
+                                     record["needs_closure"], record["loss_closure"])
+    assert method.penalty == (tuple(record["penalty"]) if record["penalty"] else None)
+    assert method.batch_size == record["batch_size"]
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = method.make_optimizer([p], torch.Generator())
+    assert type(opt).__name__ == record["optimizer"]
+    group = {k: repr(list(v) if isinstance(v, tuple) else v)
+             for k, v in opt.param_groups[0].items()
+             if k != "params" and not isinstance(v, torch.Generator)}
+    assert group == record["group"]
+
+
+def test_synaprune_presets_are_one_method_with_mechanisms_on() -> None:
+    """Each preset has the common options and exactly those of its mechanisms."""
+    common = {"lr", "base", "momentum", "batch_size"}
+    a = {"aggregation", "blend", "blend_schedule", "blend_steps"}
+    b = {"noise", "noise_schedule", "noise_gamma", "noise_clip", "noise_trigger",
+         "stall_threshold", "stall_steps", "noise_cooldown"}
+    c = {"beta", "gamma"}
+    for name, mechanisms in (("synaprune-a", a), ("synaprune-b", b), ("synaprune-ab", a | b),
+                             ("synaprune-c", c), ("synaprune-ac", a | c),
+                             ("synaprune-bc", b | c), ("synaprune", a | b | c)):
+        method = get_method(name)
+        assert type(method) is methods_module.SynaPruneMethod
+        assert set(method.options) == common | mechanisms, name
+        assert method.penalty == ((0.3, 1.0) if c <= mechanisms else None)
+    # one field per option: a preset's default is the one class's default
+    assert get_method("synaprune-b").noise == get_method("synaprune").noise == 0.01
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("synaprune-a:noise=0.1", ["Unknown option 'noise' for method 'synaprune-a'",
+                               "mechanism B's: use synaprune-ab"]),
+    ("synaprune-bc:blend=0.1", ["mechanism A's: use synaprune"]),
+    ("synaprune-b:beta=1", ["mechanism C's: use synaprune-bc"]),
+])
+def test_an_option_of_a_mechanism_the_preset_lacks_is_refused(spec: str,
+                                                             words: list[str]) -> None:
+    with pytest.raises(ValueError) as info:
+        get_method(spec)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(ValueError, match="is mechanism B's, which synaprune-a does not use"):
+        methods_module.SynaPruneMethod(mechanisms="a", noise=0.5)
+    with pytest.raises(ValueError, match="Invalid mechanisms: 'ba'"):
+        methods_module.SynaPruneMethod(mechanisms="ba")
+
+
+def test_label_shows_the_name_and_the_options_other_than_the_defaults() -> None:
+    assert get_method("synaprune-a:lr=0.5").label == "synaprune-a lr=0.5"
+    assert get_method("gd").label == "gd"
+    assert get_method("adam:betas=(0.9,0.99),lr=0.01").label == "adam betas=(0.9,0.99)"
+    assert method_label(get_method("synaprune-ab:lr=3,blend=0.25").spec) == \
+        "synaprune-ab blend=0.25 lr=3.0"
+    # a spec that no longer parses is shown whole rather than hidden
+    assert method_label("rmsprop:lr=0.1") == "rmsprop:lr=0.1"
+    # distinct methods, distinct labels: over every stored form above
+    labels = {get_method(r["spec"]).label: r["spec"] for r in _BEFORE}
+    assert len(labels) == len(_BEFORE)

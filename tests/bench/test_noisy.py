@@ -9,15 +9,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from synaprune.bench import (
-    SAM,
-    GradientNoise,
-    PerturbedGD,
-    get_method,
-    noise_generator,
-    run_seeds,
-    run_single,
-)
+from synaprune.bench import get_method, run_seeds, run_single
+from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
+from synaprune.bench.runner import noise_generator
 from synaprune.problems import get_problem
 
 D = torch.float64

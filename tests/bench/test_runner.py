@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from synaprune import PerExampleGradStats, SynaPrune
-from synaprune.bench import MinibatchSampler, check_compatible, get_method, run_seeds, run_single
-from synaprune.bench.runner import curve_steps
+from synaprune.bench import get_method, run_seeds, run_single
+from synaprune.bench.runner import MinibatchSampler, check_compatible, curve_steps
 from synaprune.problems import Problem, get_problem, list_problems
 
 # (problem, method, steps): every method, on exact and per-example problems, full batch and
@@ -240,40 +240,44 @@ def test_every_registered_problem_runs_batched(name: str) -> None:
         assert _max_diff(got.params, dict(problem.build_model(1).named_parameters())) > 0
 
 
-@pytest.mark.parametrize("spec", ["xor:hidden=3", "spirals:N=40", "autoencoder:hidden=6",
-                                  "digits:hidden=5"])
-@pytest.mark.parametrize("batched_data", [False, True])
-def test_closed_form_statistics_equal_vmap_of_per_example_grads(spec: str,
-                                                                 batched_data: bool) -> None:
-    """The MLP closed form of sum_i g_i**2 equals vmap(grad) of each example's loss."""
-    from torch.func import stack_module_state
-
-    from synaprune.bench import runner
-
-    problem = get_problem(spec)
-    models = [problem.build_model(s) for s in (3, 7, 11)]
-    params, buffers = stack_module_state(models)
-    base = models[0].to("meta")
-    x, y = problem.data("train")
-    n = min(30, x.shape[0])
-    x, y = x[:n], y[:n]
-    if batched_data:  # each seed its own examples
-        perm = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))
-                            for s in range(3)])
-        x, y = x[perm], y[perm]
-    assert runner._closed_form_applies(base, buffers, x, batched_data)
-    fast = runner._sequential_sumsq(problem, base, params, x, y, batched_data)
-    runner_closed_form = runner._closed_form_applies
-    try:
-        runner._closed_form_applies = lambda *args: False  # type: ignore[assignment]
-        slow = runner._per_example_sumsq(problem, base, params, buffers, x, y, batched_data)
-    finally:
-        runner._closed_form_applies = runner_closed_form  # type: ignore[assignment]
-    assert fast.keys() == slow.keys() == params.keys()
-    for k in fast:
-        assert fast[k].shape == params[k].shape
-        torch.testing.assert_close(fast[k], slow[k], rtol=1e-10, atol=1e-14)
-        assert slow[k].abs().max() > 0
+@pytest.mark.parametrize(("problem_spec", "batch_size"), [
+    ("xor:hidden=3", None), ("spirals:N=40", None), ("spirals:N=40", 8),  # MLPs: closed form
+    ("autoencoder:hidden=6", 8), ("digits:hidden=5", 8),
+    ("gaussians:N=40", None), ("teacher-student:exact=false,k=4,N=30", 6),  # not MLPs: vmap
+])
+def test_rms_aggregation_equals_a_per_example_loop(problem_spec: str,
+                                                   batch_size: int | None) -> None:
+    """synaprune-a with aggregation=rms in the seed-batched runner takes the steps
+    theta <- theta - lr * sign(gbar) * sqrt(mean_i g_i**2), with each g_i the gradient of
+    example i's own loss computed one example at a time: the runner's per-example statistics
+    (its MLP closed form, or vmap for other models, on the full batch and on per-seed
+    minibatches) against the definition."""
+    problem = get_problem(problem_spec)
+    spec = "synaprune-a:aggregation=rms,lr=0.3" + (f",batch_size={batch_size}"
+                                                    if batch_size else "")
+    seeds, steps = [3, 7], 2
+    batched = run_seeds(problem, get_method(spec), seeds, steps)
+    x_all, y_all = problem.data()
+    for seed, got in zip(seeds, batched, strict=True):
+        model = problem.build_model(seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        sampler = MinibatchSampler(x_all.shape[0], batch_size, seed) if batch_size else None
+        for _ in range(steps):
+            idx = sampler.next() if sampler else torch.arange(x_all.shape[0])
+            per_example = []
+            for i in idx.tolist():
+                loss_i = problem.per_example_loss_fn(model(x_all[i:i + 1]), y_all[i:i + 1])
+                per_example.append(torch.autograd.grad(loss_i.sum(), params))
+            with torch.no_grad():
+                for k, p in enumerate(params):
+                    g = torch.stack([gs[k] for gs in per_example])  # [B, *p.shape]
+                    p -= 0.3 * torch.sign(g.mean(0)) * g.square().mean(0).sqrt()
+        want = dict(model.named_parameters())
+        # float64 throughout; the sums run in a different order: 1e-10 of slack, no more
+        for name, value in got.params.items():
+            torch.testing.assert_close(value, want[name].detach(), rtol=1e-10, atol=1e-12)
+        start = dict(problem.build_model(seed).named_parameters())
+        assert _max_diff(got.params, start) > 1e-6  # the steps moved the parameters
 
 
 def test_final_gradient_norm_is_the_full_batch_gradient() -> None:

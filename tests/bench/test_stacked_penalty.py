@@ -9,8 +9,9 @@ import torch
 from torch.func import stack_module_state
 
 from synaprune import ActivationGradientPenalty
-from synaprune.bench import check_compatible, get_method
+from synaprune.bench import get_method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
+from synaprune.bench.runner import check_compatible
 from synaprune.problems import Problem, get_problem
 
 SEEDS = [3, 4, 5]

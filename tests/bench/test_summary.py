@@ -10,7 +10,7 @@ import math
 import pytest
 from scipy.stats import binomtest
 
-from synaprune.bench import format_summaries, summarize, wilson_interval
+from synaprune.bench import format_summaries, get_method, summarize, wilson_interval
 
 Z = 1.959963984540054
 
@@ -76,14 +76,32 @@ def test_summarize_groups_and_medians() -> None:
     assert summaries[0].median_steps_to_success is None
 
 
-def test_table_format_has_one_table_per_problem() -> None:
-    text = format_summaries(summarize(ROWS), "table")
+def test_text_format_has_one_table_per_problem() -> None:
+    text = format_summaries(summarize(ROWS), "text")
     assert text.count("problem: ") == 2
     assert "problem: p:a=1" in text and "problem: q" in text
-    gd_line = next(line for line in text.splitlines() if line.startswith("gd:lr=0.1")
+    gd_line = next(line for line in text.splitlines() if line.startswith("gd ")
                    and " 4 " in line)
     assert "50.0% (2)" in gd_line and "[15.0%, 85.0%]" in gd_line and "0.251" in gd_line
-    assert format_summaries([], "table") == "no runs"
+    assert format_summaries([], "text") == "no runs"
+    assert format_summaries(summarize(ROWS), "table") == text  # the older name of the format
+
+
+def test_text_table_names_methods_by_label_and_machines_get_the_spec() -> None:
+    """A terminal table, not ~290-character specs; csv and json keep the full spec."""
+    spec = get_method("synaprune:lr=0.5,noise=0.02").spec
+    assert len(spec) > 250
+    rows = [_row("p", spec, "ok", 0.001, 10), _row("p", get_method("adam").spec, "ok", 0.0, 5)]
+    text = format_summaries(summarize(rows), "text")
+    assert max(len(line) for line in text.splitlines()) < 140
+    assert any(line.startswith("synaprune lr=0.5 noise=0.02 ") for line in text.splitlines())
+    assert any(line.startswith("adam ") for line in text.splitlines())
+    assert spec not in text
+    assert [d["method"] for d in json.loads(format_summaries(summarize(rows), "json"))] == \
+        sorted([spec, get_method("adam").spec])
+    csv_methods = [r["method"] for r in csv.DictReader(io.StringIO(
+        format_summaries(summarize(rows), "csv")))]
+    assert sorted(csv_methods) == sorted([spec, get_method("adam").spec])
 
 
 def test_csv_format_parses_back() -> None:
@@ -101,5 +119,5 @@ def test_json_format_parses_back() -> None:
     assert [d["problem"] for d in data] == ["p:a=1", "p:a=1", "q", "r"]
     assert data[1]["successes"] == 2 and data[1]["median_steps_to_success"] == 20.0
     assert data[3]["median_final_loss"] == "inf"  # strict JSON, no Infinity token
-    with pytest.raises(ValueError, match="table, csv, json"):
+    with pytest.raises(ValueError, match="text, csv, json"):
         format_summaries([], "xml")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from synaprune.cli import UsageError
 from synaprune.diagnose.cli import add_diagnose_parser, build_mlp
+from synaprune.errors import UsageError
 
 
 def parse(*argv: str) -> argparse.Namespace:

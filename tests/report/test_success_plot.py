@@ -33,6 +33,18 @@ def test_plot_writes_an_image_with_a_panel_per_problem(tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["rates.png"]  # no temporary left
 
 
+def test_plot_file_has_the_umask_permissions(tmp_path: Path, umask) -> None:
+    """Not mkstemp's 0600: a figure is for others to read too (0644 under umask 022)."""
+    import stat
+
+    umask(0o022)
+    out = plot_success_rates(summarize(_rows()), tmp_path / "rates.png")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    umask(0o077)
+    out = plot_success_rates(summarize(_rows()), tmp_path / "rates.png")  # replaced
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
 def test_plot_refuses_nothing_and_keeps_an_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "rates.png"
     target.write_bytes(b"old")

@@ -1,19 +1,21 @@
 """The lab: train many seeds of problems x methods at once, store and summarise the runs.
 
-* :mod:`~synaprune.bench.methods`: the method registry (``gd``, ``sgd``, ``momentum``,
-  ``adam``, ``perturbed-gd``, ``gradient-noise``, ``sam``, ``saddle-free-newton``,
-  ``synaprune-a``, ``synaprune-b``, ``synaprune-ab``, ``synaprune-c``, ``synaprune-ac``,
-  ``synaprune-bc``, ``synaprune``), each a small dataclass with
-  ``make_optimizer(params, generator)``; :func:`get_method` with ``problem=`` starts from the
-  options tuned on that problem (:func:`tuned_options`, ``docs/tuning.md``).
-* :mod:`~synaprune.bench.noisy`: the baselines' optimizers :class:`PerturbedGD`,
-  :class:`GradientNoise`, :class:`SAM` (one model, or S stacked models with S generators).
+* Methods: :func:`get_method` builds one from a spec (``"adam:lr=0.01"``; with ``problem=``
+  from the options tuned on that problem, :func:`tuned_options`, ``docs/tuning.md``),
+  :func:`list_methods` names them, :func:`parse_method_list` reads a command-line list;
+  each is a :class:`Method`, a small dataclass with ``make_optimizer(params, generator)``.
+  :func:`method_label` is the short name that tables and figures show.
 * :func:`run_seeds`: S seeds of one (problem, method) vectorised over seeds
-  (``stack_module_state`` + ``vmap``, one optimizer over the stacked tensors);
-  :func:`run_single` is the same protocol as an ordinary single-model loop.
-* :class:`ResultStore` (SQLite, WAL, one row per run) and :func:`sweep` (resumable).
-* :func:`summarize`, :func:`wilson_interval`, :func:`format_summaries`.
-* Command line: :func:`add_bench_parser`, :func:`add_results_parser`.
+  (``stack_module_state`` + ``vmap``, one optimizer over the stacked tensors), each a
+  :class:`RunResult`; :func:`run_single` is the same protocol as an ordinary single-model
+  loop.
+* :class:`ResultStore` (SQLite, one row per run; :class:`StoredRun` is one run read back)
+  and :func:`sweep` (resumable, a :class:`SweepReport`).
+* :func:`summarize` into :class:`Summary` objects, :func:`wilson_interval`,
+  :func:`format_summaries`.
+
+The method classes, the baselines' optimizers and the runner's helpers live in the
+submodules (:mod:`synaprune.bench.methods`, :mod:`synaprune.bench.runner`, ...).
 
 Example:
     >>> from synaprune.bench import get_method, run_seeds
@@ -23,76 +25,30 @@ Example:
     [5, 5, 5]
 """
 
-from synaprune.bench.cli import add_bench_parser, add_results_parser
 from synaprune.bench.methods import (
-    PLANNED_METHODS,
-    Adam,
-    GradientDescent,
-    GradientNoiseMethod,
     Method,
-    MinibatchSGD,
-    Momentum,
-    PerturbedGDMethod,
-    SaddleFreeNewtonMethod,
-    SAMMethod,
-    SynaPruneA,
-    SynaPruneAB,
-    SynaPruneABC,
-    SynaPruneAC,
-    SynaPruneB,
-    SynaPruneBC,
-    SynaPruneC,
     get_method,
     list_methods,
+    method_label,
     parse_method_list,
     tuned_options,
 )
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
-from synaprune.bench.runner import (
-    MinibatchSampler,
-    RunResult,
-    check_compatible,
-    noise_generator,
-    run_seeds,
-    run_single,
-)
-from synaprune.bench.store import ResultStore
+from synaprune.bench.runner import RunResult, run_seeds, run_single
+from synaprune.bench.store import ResultStore, StoredRun
 from synaprune.bench.summary import Summary, format_summaries, summarize, wilson_interval
 from synaprune.bench.sweep import SweepReport, sweep
 
 __all__ = [
-    "PLANNED_METHODS",
-    "SAM",
-    "Adam",
-    "GradientDescent",
-    "GradientNoise",
-    "GradientNoiseMethod",
     "Method",
-    "MinibatchSGD",
-    "MinibatchSampler",
-    "Momentum",
-    "PerturbedGD",
-    "PerturbedGDMethod",
     "ResultStore",
     "RunResult",
-    "SAMMethod",
-    "SaddleFreeNewtonMethod",
+    "StoredRun",
     "Summary",
     "SweepReport",
-    "SynaPruneA",
-    "SynaPruneAB",
-    "SynaPruneABC",
-    "SynaPruneAC",
-    "SynaPruneB",
-    "SynaPruneBC",
-    "SynaPruneC",
-    "add_bench_parser",
-    "add_results_parser",
-    "check_compatible",
     "format_summaries",
     "get_method",
     "list_methods",
-    "noise_generator",
+    "method_label",
     "parse_method_list",
     "run_seeds",
     "run_single",

@@ -13,29 +13,15 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from synaprune.bench.methods import get_method, list_methods
+from synaprune._spec import parse_spec
+from synaprune.bench.methods import get_method, list_methods, method_label
+from synaprune.bench.summary import check_format
 
 __all__ = ["RUN_FIELDS", "format_runs", "method_matcher"]
 
 # The columns of the listing, in order.
 RUN_FIELDS = ("id", "problem", "method", "seed", "budget", "status", "steps", "final_loss",
               "final_grad_norm")
-
-
-def _typed_keys(rest: str) -> list[str]:
-    """Option names typed after the ``:`` of a method spec (commas inside brackets kept)."""
-    keys, depth, start = [], 0, 0
-    for i, ch in enumerate(rest + ","):
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            key = rest[start:i].partition("=")[0].strip()
-            if key:
-                keys.append(key)
-            start = i + 1
-    return keys
 
 
 def method_matcher(specs: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
@@ -63,13 +49,12 @@ def method_matcher(specs: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
     """
     wanted: list[tuple[str, dict[str, Any]]] = []
     for spec in specs:
-        name, _, rest = spec.strip().partition(":")
-        name = name.strip()
+        name, raw = parse_spec(spec, "method")
         if name not in list_methods():
             raise ValueError(f"Unknown method '{name}'; choose from: {', '.join(list_methods())}")
         options = get_method(spec).options  # validates names and values
         # JSON round trip: compared with the stored JSON (tuples as lists)
-        typed = {k: json.loads(json.dumps(options[k])) for k in _typed_keys(rest)}
+        typed = {k: json.loads(json.dumps(options[k])) for k in raw}
         wanted.append((name, typed))
 
     def match(row: dict[str, Any]) -> bool:
@@ -94,17 +79,18 @@ def _number(value: Any) -> str:
     return "-" if _finite(value) is None else f"{value:.6g}"
 
 
-def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "text") -> str:
     """Format stored runs, one per line, with the fields of :data:`RUN_FIELDS`.
 
     Args:
         rows: Runs as returned by :meth:`synaprune.bench.ResultStore.rows`.
-        fmt: ``"table"`` (aligned text, long specs last), ``"csv"`` (a header line; an unknown
-            or non-finite number is an empty field) or ``"json"`` (a list of objects; such a
-            number is null).
+        fmt: ``"text"`` (aligned, the problem's spec and the method's label last),
+            ``"csv"`` (a header line; an unknown or non-finite number is an empty field) or
+            ``"json"`` (a list of objects; such a number is null); csv and json give the
+            method's full canonical spec.
 
     Returns:
-        The text, ending with a newline (for ``"table"``, a note when there are no runs).
+        The text, ending with a newline (for ``"text"``, a note when there are no runs).
 
     Raises:
         ValueError: For an unknown format.
@@ -117,6 +103,7 @@ def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
         id,problem,method,seed,budget,status,steps,final_loss,final_grad_norm
         3,xor:hidden=2,gd:lr=0.1,0,50,budget,50,0.25,
     """
+    fmt = check_format(fmt)
     records = [{k: _finite(row[k]) for k in RUN_FIELDS} for row in rows]
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
@@ -126,15 +113,13 @@ def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
         writer.writeheader()
         writer.writerows(records)
         return buffer.getvalue()
-    if fmt != "table":
-        raise ValueError(f"Unknown format '{fmt}'; choose from: table, csv, json")
     if not records:
         return "no runs match\n"
     header = ["id", "seed", "status", "steps", "final loss", "final grad norm", "problem",
               "method"]
     lines = [[str(r["id"]), str(r["seed"]), str(r["status"]), f"{r['steps']}/{r['budget']}",
               _number(r["final_loss"]), _number(r["final_grad_norm"]), str(r["problem"]),
-              str(r["method"])] for r in records]
+              method_label(str(r["method"]))] for r in records]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     right = {0, 1, 3, 4, 5}  # numbers right-aligned
 

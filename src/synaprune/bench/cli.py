@@ -1,10 +1,10 @@
 """The ``bench`` and ``results`` subcommands, registered into the main ``synaprune`` parser.
 
     synaprune bench --problem teacher-student:k=8 --method gd,adam --seeds 500 --db results.db
-    synaprune results --db results.db --problem teacher-student --format table
+    synaprune results --db results.db --problem teacher-student --format text
 
 Bad input (unknown problem, method or option names, malformed options, an unreadable database)
-raises :class:`synaprune.cli.UsageError`, which the main command prints as one line (exit 2).
+raises :class:`synaprune.errors.UsageError`, which the main command prints as one line (exit 2).
 """
 
 from __future__ import annotations
@@ -12,26 +12,22 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from synaprune._spec import normalize_name
+from synaprune.bench._runs import format_runs, method_matcher
 from synaprune.bench.methods import Method, parse_method_list
 from synaprune.bench.runner import check_compatible
 from synaprune.bench.store import ResultStore
-from synaprune.bench.summary import FORMATS, format_summaries, summarize
+from synaprune.bench.summary import FORMATS, check_format, format_summaries, summarize
 from synaprune.bench.sweep import sweep
+from synaprune.errors import UsageError
 from synaprune.problems import Problem, get_problem, list_problems
 
 __all__ = ["add_bench_parser", "add_results_parser", "cmd_bench", "cmd_results"]
-
-
-def _usage_error(message: str) -> Exception:
-    """A :class:`synaprune.cli.UsageError`, imported late so that ``synaprune.cli`` may import
-    this module at any point of its own initialisation without a circular import."""
-    from synaprune.cli import UsageError
-
-    return UsageError(message)
 
 
 def _problems(specs: list[str]) -> list[Problem]:
@@ -40,18 +36,22 @@ def _problems(specs: list[str]) -> list[Problem]:
         try:
             problems.append(get_problem(spec))
         except (ValueError, KeyError) as exc:
-            raise _usage_error(str(exc).strip("'\"")) from None
+            raise UsageError(str(exc).strip("'\"")) from None
     return problems
 
 
 def _open_store(path: str, readonly: bool) -> ResultStore:
-    verb = "read" if readonly else "open"
     try:
         return ResultStore(path, readonly=readonly)
     except FileNotFoundError:
-        raise _usage_error(f"cannot read database '{path}': no such file") from None
+        raise UsageError(f"cannot read database '{path}': no such file") from None
     except (sqlite3.Error, OSError) as exc:
-        raise _usage_error(f"cannot {verb} database '{path}': {exc}") from None
+        if readonly:
+            raise UsageError(f"cannot read database '{path}': {exc}") from None
+        raise UsageError(f"cannot write database '{path}': {exc} (bench writes the file and "
+                         f"creates {Path(path).name}-wal and -shm beside it: check the "
+                         f"permissions of the file and its folder, or choose another --db)"
+                         ) from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -68,11 +68,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             that cannot be opened.
     """
     if args.seeds < 1:
-        raise _usage_error(f"--seeds must be >= 1, got {args.seeds}")
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.steps < 0:
-        raise _usage_error(f"--steps must be >= 0, got {args.steps}")
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
     if args.batch_seeds < 1:
-        raise _usage_error(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
+        raise UsageError(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
     problems = _problems(args.problem)
     # Options not given on the command line take the values tuned on each problem
     # (docs/tuning.md), unless --defaults plain asks for the methods' own defaults.
@@ -84,9 +84,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             for method in methods[problem.spec]:
                 check_compatible(problem, method)
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.threads < 1:
-        raise _usage_error(f"--threads must be >= 1, got {args.threads}")
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -117,15 +117,20 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
                     if bar is not None and t % 50 == 0:
                         bar.set_postfix_str(f"step {t}/{args.steps}, {active} active")
 
-                sweep(problem, method, seeds, args.steps, store, batch_seeds=args.batch_seeds,
-                      on_step=on_step, on_batch=bar.update if bar is not None else None)
+                try:
+                    sweep(problem, method, seeds, args.steps, store,
+                          batch_seeds=args.batch_seeds, on_step=on_step,
+                          on_batch=bar.update if bar is not None else None)
+                except sqlite3.Error as exc:  # e.g. the disk filled up after the open
+                    raise UsageError(f"cannot write database '{args.db}': {exc}; the batches "
+                                     f"written before are kept, and a rerun resumes") from None
         if bar is not None:
             bar.close()
         rows = [r for r in store.rows([p.spec for p in problems])
                 if r["method"] in {m.spec for m in methods[r["problem"]]}
                 and r["budget"] == args.steps
                 and args.seed_start <= r["seed"] < args.seed_start + args.seeds]
-        print(format_summaries(summarize(rows), "table"))
+        print(format_summaries(summarize(rows), "text"))
     finally:
         store.close()
     return 0
@@ -143,45 +148,46 @@ def cmd_results(args: argparse.Namespace) -> int:
     Raises:
         UsageError: For an unreadable database, an unknown problem or method or a bad format.
     """
-    from synaprune.bench._runs import format_runs, method_matcher
-
-    if args.format not in FORMATS:
-        raise _usage_error(f"unknown format '{args.format}'; choose from: {', '.join(FORMATS)}")
+    try:
+        fmt = check_format(args.format)
+    except ValueError:
+        raise UsageError(f"unknown format '{args.format}'; choose from: "
+                         f"{', '.join(FORMATS)}") from None
     filters: list[str] = []
     for spec in args.problem or []:
         if ":" in spec:
             filters.append(_problems([spec])[0].spec)
-        elif spec in list_problems():
-            filters.append(spec)
+        elif normalize_name(spec) in list_problems():
+            filters.append(normalize_name(spec))
         else:
-            raise _usage_error(f"Unknown problem '{spec}'; choose from: "
+            raise UsageError(f"Unknown problem '{spec}'; choose from: "
                              f"{', '.join(list_problems())}")
     try:
         match = method_matcher(args.method or [])
     except ValueError as exc:
-        raise _usage_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     store = _open_store(args.db, readonly=True)
     try:
         rows = [r for r in store.rows(filters or None) if match(r)]
     except sqlite3.Error as exc:
-        raise _usage_error(f"cannot read database '{args.db}': {exc}") from None
+        raise UsageError(f"cannot read database '{args.db}': {exc}") from None
     finally:
         store.close()
     if args.runs:
-        print(format_runs(rows, args.format), end="")
+        print(format_runs(rows, fmt), end="")
         return 0
     summaries = summarize(rows)
-    text = format_summaries(summaries, args.format)
+    text = format_summaries(summaries, fmt)
     print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
         if not summaries:
-            raise _usage_error("--plot: no runs match, nothing to draw")
+            raise UsageError("--plot: no runs match, nothing to draw")
         from synaprune.report import plot_success_rates
 
         try:
             path = plot_success_rates(summaries, args.plot, title=f"success rates: {args.db}")
         except (OSError, ValueError) as exc:
-            raise _usage_error(f"cannot write plot '{args.plot}': {exc}") from None
+            raise UsageError(f"cannot write plot '{args.plot}': {exc}") from None
         print(f"figure: {path}", file=sys.stderr)
     return 0
 
@@ -245,7 +251,10 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "matches the runs with those option values (repeatable)")
     p.add_argument("--runs", action="store_true",
                    help="list the runs, with their ids, instead of summarising them")
-    p.add_argument("--format", default="table", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--format", default="text",
+                   help=f"one of {', '.join(FORMATS)} (default text: methods by name and the "
+                        "options other than their defaults; csv and json give the full specs; "
+                        "'table' is read as text)")
     p.add_argument("--plot", metavar="FILE",
                    help="also draw the success rates with their intervals into FILE (.png, .svg)")
     p.set_defaults(func=cmd_results)

@@ -13,17 +13,17 @@ Available methods:
   epoch, last partial batch dropped) drawn from a generator seeded with the run's seed.
 * ``momentum``: heavy-ball SGD (torch's convention), full batch unless ``batch_size`` is set.
 * ``adam``: ``torch.optim.Adam``, full batch unless ``batch_size`` is set.
-* ``synaprune-a``: deterministic SynaPrune, mechanism A only (``aggregation`` ``blend`` or
-  ``rms`` from per-example gradient statistics, no weight noise); needs a per-example problem.
 * ``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
 * ``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al. 2015).
 * ``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021); needs a closure.
-* ``synaprune-b``: SynaPrune, mechanism B only (magnitude-proportional weight noise).
-* ``synaprune-ab``: SynaPrune, mechanisms A and B.
-* ``synaprune-c``, ``synaprune-ac``, ``synaprune-bc``, ``synaprune`` (all three): mechanism C,
-  the activation-gradient penalty (:class:`synaprune.ActivationGradientPenalty` in the plain
-  loop, :class:`synaprune.bench.penalty.StackedPenalty` in the seed-batched runner), alone or
-  with A and/or B; per-example problems (hidden modules: the problem's ``hidden_modules``).
+* ``synaprune-a``, ``-b``, ``-c``, ``-ab``, ``-ac``, ``-bc`` and ``synaprune`` (all three):
+  presets of one method, :class:`SynaPruneMethod`, with the mechanisms in the name switched
+  on: A, aggregation ``blend`` or ``rms`` from per-example gradient statistics (needs a
+  per-example problem); B, magnitude-proportional weight noise; C, the activation-gradient
+  penalty (:class:`synaprune.ActivationGradientPenalty` in the plain loop,
+  :class:`synaprune.bench.penalty.StackedPenalty` in the seed-batched runner; per-example
+  problems, hidden modules: the problem's ``hidden_modules``). Without B the optimizer is
+  deterministic.
 * ``saddle-free-newton``: :class:`synaprune.SaddleFreeNewton` (Dauphin et al. 2014), full
   batch, for small models: |H|^-1 g in a Krylov subspace; needs a loss closure.
 
@@ -34,7 +34,9 @@ exactly what it would draw alone); the runner derives seed s's generator with
 
 To add a method, subclass :class:`Method`, give it a ``name`` and
 option fields (each with ``metadata={"kind": ..., "help": ...}``), implement
-:meth:`Method.make_optimizer` and register it in ``_METHODS``.
+:meth:`Method.make_optimizer` and register it in ``_METHODS``. To add an option to a SynaPrune
+mechanism, add one field to :class:`SynaPruneMethod` (``_mech("b", ...)``): every preset with
+that mechanism has it.
 
 Defaults. Each class's own defaults (used when no problem is given, and by ``synaprune bench
 --defaults plain``) are the paper's where it gives a usable value, otherwise a first pass on
@@ -45,8 +47,11 @@ from the options tuned on that problem by ``scripts/tune_methods.py``: tuning se
 scored by successes, then median final loss; protocol, grids and every cell's score are in
 ``docs/tuning.md``.
 
-Spec strings: ``name`` or ``name:key=value,...``, e.g. ``adam:lr=0.01,betas=(0.9,0.99)``.
-Tuples are written in parentheses; ``none`` means None.
+Spec strings: ``name`` or ``name:key=value,...``, e.g. ``adam:lr=0.01,betas=(0.9,0.99)``,
+read by the parser shared with the problems (:mod:`synaprune._spec`): names case-insensitive,
+keys case-sensitive, a key given twice an error. Tuples are written in parentheses; ``none``
+means None. :attr:`Method.spec` is the canonical spec (every option, sorted: the key of stored
+runs); :attr:`Method.label` the short name tables and figures show.
 
 Example:
     >>> from synaprune.bench import get_method
@@ -59,7 +64,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -68,6 +72,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from synaprune._spec import normalize_name, parse_spec, parse_value, split_top
 from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
 from synaprune.optim import SaddleFreeNewton, SynaPrune
 
@@ -82,15 +87,10 @@ __all__ = [
     "PerturbedGDMethod",
     "SAMMethod",
     "SaddleFreeNewtonMethod",
-    "SynaPruneA",
-    "SynaPruneAB",
-    "SynaPruneABC",
-    "SynaPruneAC",
-    "SynaPruneB",
-    "SynaPruneBC",
-    "SynaPruneC",
+    "SynaPruneMethod",
     "get_method",
     "list_methods",
+    "method_label",
     "parse_method_list",
     "tuned_options",
 ]
@@ -98,9 +98,6 @@ __all__ = [
 PLANNED_METHODS: tuple[str, ...] = ()
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
-
-_INT = re.compile(r"[+-]?\d+")
-
 
 def _opt(default: Any, kind: str, help: str) -> Any:
     """A dataclass field carrying its option kind (``int``, ``float``, ``bool``, ``str``,
@@ -113,7 +110,7 @@ class Method:
     """Base class of the registered methods.
 
     Attributes:
-        name: Registry name (class attribute).
+        name: Registry name (a class attribute; a property of :class:`SynaPruneMethod`).
         per_example_stats: Whether the optimizer reads per-example gradient statistics
             (``p.grad_sumsq``, ``p.grad_batch_size``, ``p.grad_reduction``) (class attribute).
         needs_closure: Whether ``step`` needs a closure that zeroes the gradients, re-evaluates
@@ -152,20 +149,38 @@ class Method:
     def options(self) -> dict[str, Any]:
         """All options, resolved, as a JSON-friendly dict (tuples become lists)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+        for name in self._option_fields():
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @property
     def spec(self) -> str:
         """Canonical spec, ``name:key=value,...`` with every option, sorted by key."""
-        parts = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._fields())]
+        parts = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._option_fields())]
         return f"{self.name}:{','.join(parts)}" if parts else self.name
 
+    @property
+    def label(self) -> str:
+        """Short name for tables and figures: the name, then the options whose values differ
+        from the method's own defaults, sorted by key, e.g. ``"synaprune-a lr=0.5"``.
+
+        Two different methods never share a label (the defaults are fixed, so the options
+        shown determine the rest); :attr:`spec` remains the key of stored runs.
+        """
+        plain = get_method(self.name)
+        changed = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._option_fields())
+                   if getattr(self, k) != getattr(plain, k)]
+        return " ".join([self.name, *changed])
+
     @classmethod
-    def _fields(cls) -> dict[str, dataclasses.Field]:
+    def _fields_of(cls) -> dict[str, dataclasses.Field]:
+        """The option fields of the method's registered form (every field, here)."""
         return {f.name: f for f in dataclasses.fields(cls)}
+
+    def _option_fields(self) -> dict[str, dataclasses.Field]:
+        """The option fields of this method, by name."""
+        return self._fields_of()
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         """Build the ordinary optimizer for these parameters.
@@ -277,40 +292,6 @@ class Adam(Method):
 
 
 @dataclass(frozen=True)
-class SynaPruneA(Method):
-    """``synaprune-a``: :class:`synaprune.SynaPrune` with mechanism A only (no noise).
-
-    ``aggregation="blend"`` uses d = gbar + blend * sign(gbar) * (r - |gbar|); ``"rms"`` is
-    blend = 1. Deterministic: the optimizer is built with ``noise=0`` and a fixed seed, so it
-    never draws from torch's global random state.
-    """
-
-    name: ClassVar[str] = "synaprune-a"
-    per_example_stats: ClassVar[bool] = True
-    lr: float = _opt(0.1, "float", "step size")
-    base: str = _opt("sgd", "str", "base update: sgd or adam")
-    momentum: float = _opt(0.0, "float", "momentum of the sgd base")
-    aggregation: str = _opt("blend", "str", "blend or rms")
-    blend: float = _opt(0.5, "float", "lam in [0, 1] for blend")
-    blend_schedule: str = _opt("constant", "str", "constant, linear or cosine decay of lam")
-    blend_steps: int | None = _opt(None, "int?", "length of the lam decay")
-    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        _check_batch(self.batch_size)
-        if self.aggregation not in ("blend", "rms"):
-            raise ValueError(f"Invalid aggregation: {self.aggregation!r}; choose blend or rms")
-        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)],
-                            torch.Generator())
-
-    def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation=self.aggregation, blend=self.blend,
-                         blend_schedule=self.blend_schedule, blend_steps=self.blend_steps,
-                         noise=0.0, seed=0, distributed=False)
-
-
-@dataclass(frozen=True)
 class PerturbedGDMethod(Method):
     """``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
 
@@ -387,95 +368,18 @@ class SAMMethod(Method):
                    generator=generator)
 
 
-# Mechanism B's options, shared by synaprune-b and synaprune-ab. noise=0.01 and the stall trigger
-# with threshold 1e-3 are the tied-best of the tuning on xor (no setting beat gd there);
-# stall_steps and noise_cooldown are SynaPrune's own defaults (stall rule of Jin et al. 2017).
-_B_FIELDS = ("noise", "noise_schedule", "noise_gamma", "noise_clip", "noise_trigger",
-             "stall_threshold", "stall_steps", "noise_cooldown")
+def _mech(mechanism: str, default: Any, kind: str, help: str) -> Any:
+    """An option of SynaPrune mechanism ``mechanism`` (``"a"``, ``"b"`` or ``"c"``): only the
+    presets that use that mechanism have it."""
+    return field(default=default, metadata={"kind": kind, "help": help, "mechanism": mechanism})
 
 
-def _b_kwargs(method: Method) -> dict[str, Any]:
-    return {k: getattr(method, k) for k in _B_FIELDS}
+# The presets, by the mechanisms they switch on; "abc" is registered as plain "synaprune".
+_SYNAPRUNE_PRESETS = ("a", "b", "ab", "c", "ac", "bc", "abc")
 
 
-@dataclass(frozen=True)
-class SynaPruneB(Method):
-    """``synaprune-b``: :class:`synaprune.SynaPrune` with mechanism B only.
-
-    theta <- theta + sigma_t * (|theta| + eps0) * xi after a plain SGD (or Adam) step, every
-    step (``noise_trigger=always``) or after a stall. Model s draws from generator s.
-    """
-
-    name: ClassVar[str] = "synaprune-b"
-    stochastic: ClassVar[bool] = True
-    lr: float = _opt(0.1, "float", "step size")  # as gd
-    base: str = _opt("sgd", "str", "base update: sgd or adam")
-    momentum: float = _opt(0.0, "float", "momentum of the sgd base")
-    noise: float = _opt(0.01, "float", "relative noise scale sigma_0")  # tuned on xor
-    noise_schedule: str = _opt("constant", "str", "constant, exponential or anneal")
-    noise_gamma: float = _opt(0.55, "float", "anneal exponent")  # Neelakantan et al.
-    noise_clip: float | None = _opt(None, "float?", "cap on the relative kick; none: no cap")
-    noise_trigger: str = _opt("stall", "str", "always or stall")
-    stall_threshold: float = _opt(1e-3, "float", "gradient norm of a stalled step")
-    stall_steps: int = _opt(10, "int", "stalled steps before a kick")
-    noise_cooldown: int = _opt(50, "int", "steps without a kick after each kick")
-    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        _check_batch(self.batch_size)
-        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)],
-                            torch.Generator())
-
-    def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation="mean", generator=generator, distributed=False,
-                         **_b_kwargs(self))
-
-
-@dataclass(frozen=True)
-class SynaPruneAB(Method):
-    """``synaprune-ab``: :class:`synaprune.SynaPrune` with mechanisms A and B (options as in
-    ``synaprune-a`` and ``synaprune-b``); needs a per-example problem."""
-
-    name: ClassVar[str] = "synaprune-ab"
-    per_example_stats: ClassVar[bool] = True
-    stochastic: ClassVar[bool] = True
-    lr: float = _opt(0.1, "float", "step size")
-    base: str = _opt("sgd", "str", "base update: sgd or adam")
-    momentum: float = _opt(0.0, "float", "momentum of the sgd base")
-    aggregation: str = _opt("blend", "str", "blend or rms")
-    blend: float = _opt(0.5, "float", "lam in [0, 1] for blend")
-    blend_schedule: str = _opt("constant", "str", "constant, linear or cosine decay of lam")
-    blend_steps: int | None = _opt(None, "int?", "length of the lam decay")
-    noise: float = _opt(0.01, "float", "relative noise scale sigma_0")  # tuned on xor
-    noise_schedule: str = _opt("constant", "str", "constant, exponential or anneal")
-    noise_gamma: float = _opt(0.55, "float", "anneal exponent")  # Neelakantan et al.
-    noise_clip: float | None = _opt(None, "float?", "cap on the relative kick; none: no cap")
-    noise_trigger: str = _opt("stall", "str", "always or stall")
-    stall_threshold: float = _opt(1e-3, "float", "gradient norm of a stalled step")
-    stall_steps: int = _opt(10, "int", "stalled steps before a kick")
-    noise_cooldown: int = _opt(50, "int", "steps without a kick after each kick")
-    batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        _check_batch(self.batch_size)
-        if self.aggregation not in ("blend", "rms"):
-            raise ValueError(f"Invalid aggregation: {self.aggregation!r}; choose blend or rms")
-        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)],
-                            torch.Generator())
-
-    def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation=self.aggregation, blend=self.blend,
-                         blend_schedule=self.blend_schedule, blend_steps=self.blend_steps,
-                         generator=generator, distributed=False, **_b_kwargs(self))
-
-
-def _c_fields() -> tuple[Any, Any]:
-    # Seed 000 gives no values: tuned on xor (module docstring), beta 0.3 with gamma 1 (25/32 and
-    # the fewest median steps; without the stabiliser, gamma 0, only 13-14/32).
-    return (_opt(0.3, "float", "weight beta of the activation-gradient penalty"),
-            _opt(1.0, "float", "weight gamma of the weight-norm stabiliser"))
+def _preset_name(mechanisms: str) -> str:
+    return "synaprune" if mechanisms == "abc" else f"synaprune-{mechanisms}"
 
 
 def _check_c(method: Any) -> None:
@@ -486,83 +390,118 @@ def _check_c(method: Any) -> None:
 
 
 @dataclass(frozen=True)
-class SynaPruneC(Method):
-    """``synaprune-c``: mechanism C only, the loss L + beta * (1/B) sum_i sum_l
-    ||d l_i/d h_{l,i}||^2 + gamma * sum_l relu(c_l - ||W_l||_F)^2 under plain SGD (or Adam)
-    (:class:`synaprune.SynaPrune` with ``aggregation=mean``, no noise)."""
+class SynaPruneMethod(Method):
+    """SynaPrune with some of its mechanisms: the presets ``synaprune-a``, ``-b``, ``-ab``,
+    ``-c``, ``-ac``, ``-bc`` and ``synaprune`` (all three) are this one method.
 
-    name: ClassVar[str] = "synaprune-c"
+    * A: :class:`synaprune.SynaPrune`'s aggregation, ``aggregation="blend"`` (d = gbar +
+      blend * sign(gbar) * (r - |gbar|)) or ``"rms"`` (blend = 1), from per-example gradient
+      statistics; needs a per-example problem. Without A: ``aggregation="mean"``.
+    * B: magnitude-proportional weight noise after the step, theta <- theta + sigma_t *
+      (|theta| + eps0) * xi, every step (``noise_trigger=always``) or after a stall; model s
+      draws from generator s. Without B: ``noise=0`` and a fixed seed, so the optimizer never
+      draws from torch's global random state.
+    * C: the activation-gradient penalty, the loss L + beta * (1/B) sum_i sum_l
+      ||d l_i/d h_{l,i}||^2 + gamma * sum_l relu(c_l - ||W_l||_F)^2 (the runner adds it:
+      :class:`synaprune.ActivationGradientPenalty` in the plain loop,
+      :class:`synaprune.bench.penalty.StackedPenalty` seed-batched); A aggregates the data
+      gradient, the penalty's gradient is added unchanged.
+
+    A preset has the common options (``lr``, ``base``, ``momentum``, ``batch_size``) and those
+    of its mechanisms (a field's ``metadata["mechanism"]``), so a new option of a mechanism is
+    one field here; its spec and ``options`` list exactly those, as before the presets were
+    one class, so stored specs still name the same method. Giving an option of a mechanism
+    the preset does not use is an error.
+
+    Defaults, tuned on xor (module docstring) unless said: ``noise=0.01`` and the stall
+    trigger with threshold 1e-3 are the tied-best there (no setting beat gd);
+    ``stall_steps`` and ``noise_cooldown`` are SynaPrune's own (stall rule of Jin et al.
+    2017); ``noise_gamma`` is Neelakantan et al.'s; beta 0.3 with gamma 1 gave 25/32 and the
+    fewest median steps (without the stabiliser, gamma 0, only 13-14/32).
+    """
+
+    # Which mechanisms are on: one of _SYNAPRUNE_PRESETS. Not an option (no "kind"): it is
+    # the preset, named by the method's name.
+    mechanisms: str = field(default="abc", metadata={"help": "mechanisms on: a, b, c, ab, ..."})
     lr: float = _opt(0.1, "float", "step size")  # as gd
     base: str = _opt("sgd", "str", "base update: sgd or adam")
     momentum: float = _opt(0.0, "float", "momentum of the sgd base")
-    beta: float = _c_fields()[0]
-    gamma: float = _c_fields()[1]
+    aggregation: str = _mech("a", "blend", "str", "blend or rms")
+    blend: float = _mech("a", 0.5, "float", "lam in [0, 1] for blend")
+    blend_schedule: str = _mech("a", "constant", "str", "constant, linear or cosine decay of lam")
+    blend_steps: int | None = _mech("a", None, "int?", "length of the lam decay")
+    noise: float = _mech("b", 0.01, "float", "relative noise scale sigma_0")
+    noise_schedule: str = _mech("b", "constant", "str", "constant, exponential or anneal")
+    noise_gamma: float = _mech("b", 0.55, "float", "anneal exponent")
+    noise_clip: float | None = _mech("b", None, "float?", "cap on the relative kick; none: no cap")
+    noise_trigger: str = _mech("b", "stall", "str", "always or stall")
+    stall_threshold: float = _mech("b", 1e-3, "float", "gradient norm of a stalled step")
+    stall_steps: int = _mech("b", 10, "int", "stalled steps before a kick")
+    noise_cooldown: int = _mech("b", 50, "int", "steps without a kick after each kick")
+    beta: float = _mech("c", 0.3, "float", "weight beta of the activation-gradient penalty")
+    gamma: float = _mech("c", 1.0, "float", "weight gamma of the weight-norm stabiliser")
     batch_size: int | None = _opt(None, "int?", "minibatch size; none: full batch")  # type: ignore[assignment]
 
     @property
-    def penalty(self) -> tuple[float, float]:
-        return (self.beta, self.gamma)
+    def name(self) -> str:  # type: ignore[override]
+        """``synaprune-<mechanisms>``, or ``synaprune`` with all three."""
+        return _preset_name(self.mechanisms)
+
+    @property
+    def per_example_stats(self) -> bool:  # type: ignore[override]
+        """Mechanism A reads per-example gradient statistics."""
+        return "a" in self.mechanisms
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        """Mechanism B draws noise."""
+        return "b" in self.mechanisms
+
+    @property
+    def penalty(self) -> tuple[float, float] | None:
+        """``(beta, gamma)`` with mechanism C, else None."""
+        return (self.beta, self.gamma) if "c" in self.mechanisms else None
+
+    @classmethod
+    def _fields_of(cls, mechanisms: str = "abc") -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata
+                and f.metadata.get("mechanism") in (None, *mechanisms)}
+
+    def _option_fields(self) -> dict[str, dataclasses.Field]:
+        return self._fields_of(self.mechanisms)
 
     def __post_init__(self) -> None:
+        if self.mechanisms not in _SYNAPRUNE_PRESETS:
+            raise ValueError(f"Invalid mechanisms: {self.mechanisms!r}; choose from: "
+                             f"{', '.join(_SYNAPRUNE_PRESETS)}")
+        for f in dataclasses.fields(self):
+            mechanism = f.metadata.get("mechanism")
+            if mechanism is not None and mechanism not in self.mechanisms \
+                    and getattr(self, f.name) != f.default:
+                with_it = "".join(m for m in "abc" if m in self.mechanisms + mechanism)
+                raise ValueError(f"Option '{f.name}' is mechanism {mechanism.upper()}'s, which "
+                                 f"{self.name} does not use; use {_preset_name(with_it)}")
         _check_batch(self.batch_size)
-        _check_c(self)
-        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)])
+        if "a" in self.mechanisms and self.aggregation not in ("blend", "rms"):
+            raise ValueError(f"Invalid aggregation: {self.aggregation!r}; choose blend or rms")
+        if "c" in self.mechanisms:
+            _check_c(self)
+        self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)],
+                            torch.Generator())
+
+    def _kwargs(self, mechanism: str) -> dict[str, Any]:
+        """The options of one mechanism, by name (SynaPrune's keyword for A and B)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("mechanism") == mechanism}
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation="mean", noise=0.0, seed=0, distributed=False)
-
-
-@dataclass(frozen=True)
-class SynaPruneAC(SynaPruneA):
-    """``synaprune-ac``: mechanisms A and C (options as in ``synaprune-a`` plus beta, gamma);
-    A aggregates the data gradient, the penalty's gradient is added unchanged."""
-
-    name: ClassVar[str] = "synaprune-ac"
-    beta: float = _c_fields()[0]
-    gamma: float = _c_fields()[1]
-
-    @property
-    def penalty(self) -> tuple[float, float]:
-        return (self.beta, self.gamma)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_c(self)
-
-
-@dataclass(frozen=True)
-class SynaPruneBC(SynaPruneB):
-    """``synaprune-bc``: mechanisms B and C (options as in ``synaprune-b`` plus beta, gamma)."""
-
-    name: ClassVar[str] = "synaprune-bc"
-    beta: float = _c_fields()[0]
-    gamma: float = _c_fields()[1]
-
-    @property
-    def penalty(self) -> tuple[float, float]:
-        return (self.beta, self.gamma)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_c(self)
-
-
-@dataclass(frozen=True)
-class SynaPruneABC(SynaPruneAB):
-    """``synaprune``: all three mechanisms (options as in ``synaprune-ab`` plus beta, gamma)."""
-
-    name: ClassVar[str] = "synaprune"
-    beta: float = _c_fields()[0]
-    gamma: float = _c_fields()[1]
-
-    @property
-    def penalty(self) -> tuple[float, float]:
-        return (self.beta, self.gamma)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_c(self)
+        kwargs: dict[str, Any] = dict(lr=self.lr, base=self.base, momentum=self.momentum)
+        kwargs.update(self._kwargs("a") if "a" in self.mechanisms else {"aggregation": "mean"})
+        if "b" in self.mechanisms:
+            kwargs.update(generator=generator, **self._kwargs("b"))
+        else:
+            kwargs.update(noise=0.0, seed=0)
+        return SynaPrune(params, distributed=False, **kwargs)  # C: the runner's penalty
 
 
 @dataclass(frozen=True)
@@ -608,11 +547,12 @@ class SaddleFreeNewtonMethod(Method):
                                 num_models=len(generator) if stacked else None)  # type: ignore[arg-type]
 
 
-_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (GradientDescent, MinibatchSGD, Momentum, Adam, SynaPruneA,
-                              PerturbedGDMethod, GradientNoiseMethod, SAMMethod, SynaPruneB,
-                              SynaPruneAB, SynaPruneC, SynaPruneAC, SynaPruneBC, SynaPruneABC,
-                              SaddleFreeNewtonMethod)
+# name -> (class, preset): the SynaPrune presets are one class with its mechanisms chosen.
+_METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
+    **{cls.name: (cls, {}) for cls in (GradientDescent, MinibatchSGD, Momentum, Adam,
+                                       PerturbedGDMethod, GradientNoiseMethod, SAMMethod,
+                                       SaddleFreeNewtonMethod)},
+    **{_preset_name(m): (SynaPruneMethod, {"mechanisms": m}) for m in _SYNAPRUNE_PRESETS},
 }
 
 
@@ -625,63 +565,19 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def _split_top(text: str) -> list[str]:
-    """Split on commas that are not inside parentheses or brackets."""
-    parts, depth, current = [], 0, []
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
+def method_label(spec: str) -> str:
+    """:attr:`Method.label` of a stored spec: the name and the options that differ from the
+    method's own defaults; the spec itself if it no longer parses (a method or option since
+    removed), so that no stored run goes unnamed.
 
-
-def _convert(method: str, key: str, kind: str, text: str) -> Any:
-    optional = kind.endswith("?")
-    kind = kind.rstrip("?")
-    text = text.strip()
-    expected = {"int": "an integer", "float": "a number", "bool": "true or false",
-                "str": "a word", "pair": "two numbers as (a,b)"}[kind]
-    bad = ValueError(f"Bad value {text!r} for option '{key}' of method '{method}': "
-                     f"expected {expected}{' or none' if optional else ''}")
-    if optional and text.lower() == "none":
-        return None
-    if kind == "int":
-        if not _INT.fullmatch(text):
-            raise bad
-        return int(text)
-    if kind == "float":
-        try:
-            value = float(text)
-        except ValueError:
-            raise bad from None
-        if not math.isfinite(value):
-            raise bad
-        return value
-    if kind == "bool":
-        if text.lower() in ("true", "yes", "1"):
-            return True
-        if text.lower() in ("false", "no", "0"):
-            return False
-        raise bad
-    if kind == "pair":
-        inner = text[1:-1] if text[:1] in "([" and text[-1:] in ")]" else text
-        items = [s for s in re.split(r"[,;]", inner) if s.strip()]
-        if len(items) != 2:
-            raise bad
-        try:
-            return tuple(float(s) for s in items)
-        except ValueError:
-            raise bad from None
-    if not text:
-        raise bad
-    return text
+    Example:
+        >>> method_label("adam:batch_size=none,betas=(0.9,0.999),eps=1e-08,lr=0.03")
+        'adam lr=0.03'
+    """
+    try:
+        return get_method(spec).label
+    except ValueError:
+        return spec
 
 
 def tuned_options(problem: str, method: str) -> dict[str, Any]:
@@ -696,8 +592,8 @@ def tuned_options(problem: str, method: str) -> dict[str, Any]:
     """
     from synaprune.bench._tuned import TUNED
 
-    name = problem.partition(":")[0].strip()
-    return dict(TUNED.get(name, {}).get(method, {}))
+    name = normalize_name(problem.partition(":")[0])
+    return dict(TUNED.get(name, {}).get(normalize_name(method), {}))
 
 
 def get_method(spec: str | Method, *, problem: str | None = None, **overrides: Any) -> Method:
@@ -720,32 +616,34 @@ def get_method(spec: str | Method, *, problem: str | None = None, **overrides: A
     """
     if isinstance(spec, Method):
         return dataclasses.replace(spec, **overrides) if overrides else spec
-    name, _, rest = spec.strip().partition(":")
-    name = name.strip()
+    name, raw = parse_spec(spec, "method")
     if name in PLANNED_METHODS:
         raise ValueError(f"Method '{name}' is planned but not yet available; available: "
                          f"{', '.join(list_methods())}")
     if name not in _METHODS:
         raise ValueError(f"Unknown method '{name}'; choose from: {', '.join(list_methods())}")
-    cls = _METHODS[name]
-    fields = cls._fields()
+    cls, preset = _METHODS[name]
+    fields = cls._fields_of(**preset)
+    for key in [*raw, *overrides]:
+        if key not in fields:
+            raise ValueError(f"Unknown option '{key}' for method '{name}'; choose from: "
+                             f"{', '.join(sorted(fields))}{_other_preset_hint(name, key)}")
     values: dict[str, Any] = tuned_options(problem, name) if problem is not None else {}
-    for item in _split_top(rest) if rest.strip() else []:
-        key, eq, text = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise ValueError(f"Bad option {item.strip()!r} for method '{name}': expected "
-                             f"key=value with key one of: {', '.join(sorted(fields))}")
-        if key not in fields:
-            raise ValueError(f"Unknown option '{key}' for method '{name}'; choose from: "
-                             f"{', '.join(sorted(fields))}")
-        values[key] = _convert(name, key, fields[key].metadata["kind"], text)
-    for key in overrides:
-        if key not in fields:
-            raise ValueError(f"Unknown option '{key}' for method '{name}'; choose from: "
-                             f"{', '.join(sorted(fields))}")
+    for key, text in raw.items():
+        values[key] = parse_value(text, fields[key].metadata["kind"], key=key,
+                                  owner=f"method '{name}'")
     values.update(overrides)
-    return cls(**values)
+    return cls(**preset, **values)
+
+
+def _other_preset_hint(name: str, key: str) -> str:
+    """For an option of a SynaPrune mechanism that preset ``name`` lacks: which has it."""
+    field_ = SynaPruneMethod._fields_of().get(key)
+    if _METHODS[name][0] is not SynaPruneMethod or field_ is None:
+        return ""
+    mechanisms = _METHODS[name][1]["mechanisms"] + field_.metadata["mechanism"]
+    with_it = _preset_name("".join(m for m in "abc" if m in mechanisms))
+    return f" ('{key}' is mechanism {field_.metadata['mechanism'].upper()}'s: use {with_it})"
 
 
 def parse_method_list(text: str, *, problem: str | None = None) -> list[Method]:
@@ -765,7 +663,7 @@ def parse_method_list(text: str, *, problem: str | None = None) -> list[Method]:
         ValueError: As for :func:`get_method`, or for an empty list.
     """
     specs: list[str] = []
-    for piece in _split_top(text):
+    for piece in split_top(text):
         head = piece.split("=", 1)[0]
         if "=" in piece and ":" not in head and specs:
             specs[-1] += "," + piece

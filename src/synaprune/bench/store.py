@@ -6,6 +6,14 @@ the UNIQUE key (problem spec, method spec, seed, budget) makes reruns skip finis
 rules out duplicates. Final parameters are stored as ``torch.save`` bytes of a dict of tensors
 and are only ever loaded back with ``torch.load(..., weights_only=True)``.
 
+Opening for writing makes a real write (rewriting the header's ``user_version``), so that a
+file or a folder that cannot be written is refused when the store is opened, not after the
+first batch has been trained: WAL needs to create ``<db>-wal`` and ``<db>-shm`` beside the file.
+Opening read-only (``mode=ro``) works in a folder that cannot be written too: there, without
+those two files, the database is opened ``immutable`` (no locks, no shared memory); that is
+only done when no ``-wal`` or ``-journal`` file with content lies beside it, since such a file
+may hold committed rows that an immutable reader would silently miss.
+
 Schema changes: ``final_grad_norm`` was added after the first databases were written. Opening
 an older database for writing adds the column (``ALTER TABLE``, NULL for the old rows); opening
 it read-only leaves the file alone and reads the column as NULL.
@@ -18,6 +26,7 @@ import json
 import math
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +83,49 @@ def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
     return buffer.getvalue()
 
 
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open ``path`` for reading only, also in a folder that cannot be written.
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        sqlite3.Error: If it cannot be read, is not a results database, or lies in a folder
+            that cannot be written next to a ``-wal`` or ``-journal`` file with content.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"No such database: {path}")
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM runs").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        # A WAL database's reader needs <db>-shm (and <db>-wal), created if missing; in a
+        # folder that cannot be written that fails, with "attempt to write a readonly
+        # database" (SQLITE_READONLY_DIRECTORY) or "unable to open database file".
+        # (sqlite_errorname is Python >= 3.11; the messages are SQLite's own for those codes.)
+        if (getattr(exc, "sqlite_errorname", "") not in ("SQLITE_READONLY_DIRECTORY",
+                                                          "SQLITE_CANTOPEN")
+                and str(exc) not in ("attempt to write a readonly database",
+                                     "unable to open database file")):
+            raise
+        pending = [f"{path}{s}" for s in ("-wal", "-journal")
+                   if Path(f"{path}{s}").is_file() and Path(f"{path}{s}").stat().st_size > 0]
+        if pending:
+            raise sqlite3.OperationalError(
+                f"{exc}: the folder cannot be written and {pending[0]} may hold rows not yet "
+                f"in the database; open it once where its folder can be written") from None
+    # Immutable: no locks and no -shm. Safe here: no writer can be at work (a WAL writer has
+    # a -wal file, and none with content exists), and no journal is left to replay.
+    conn = sqlite3.connect(uri + "&immutable=1", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM runs").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
 def _real(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
@@ -116,7 +168,9 @@ class ResultStore:
         readonly: Open an existing database for reading only.
 
     Raises:
-        sqlite3.Error: If the file cannot be opened or is not a results database.
+        sqlite3.Error: If the file cannot be opened or is not a results database; without
+            ``readonly``, also if the file or its folder cannot be written (checked by a real
+            write when opening, before anything is trained).
         FileNotFoundError: If ``readonly`` and the file does not exist.
 
     Example:
@@ -128,17 +182,23 @@ class ResultStore:
     def __init__(self, path: str | Path = "results.db", *, readonly: bool = False) -> None:
         self.path = str(path)
         if readonly:
-            if not Path(self.path).is_file():
-                raise FileNotFoundError(f"No such database: {self.path}")
-            self.conn = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True)
-            self.conn.execute("SELECT count(*) FROM runs").fetchone()
+            self.conn = _connect_readonly(Path(self.path))
         else:
             self.conn = sqlite3.connect(self.path, timeout=30.0)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            with self.conn:
-                self.conn.execute(_SCHEMA)
-            self._add_missing_columns()
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                with self.conn:
+                    self.conn.execute(_SCHEMA)
+                self._add_missing_columns()
+                # A real write: a read-only file opens and even takes the write lock
+                # (BEGIN IMMEDIATE) without complaint; only writing a page fails.
+                version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+                with self.conn:
+                    self.conn.execute(f"PRAGMA user_version = {version}")
+            except sqlite3.Error:
+                self.conn.close()
+                raise
         self.conn.row_factory = sqlite3.Row
         # Columns this database lacks (only possible read-only): read as NULL.
         self._missing = set(_ADDED_COLUMNS) - self._columns()

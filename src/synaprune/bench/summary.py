@@ -1,4 +1,10 @@
-"""Summaries of stored runs: success rates with Wilson intervals, medians, and formatting."""
+"""Summaries of stored runs: success rates with Wilson intervals, medians, and formatting.
+
+Output formats, for ``synaprune results`` as for ``synaprune diagnose``: ``text`` (for a
+terminal: each method by its :func:`~synaprune.bench.methods.method_label`, the name and the
+options other than its defaults), ``csv`` and ``json`` (for machines: the full canonical
+spec). ``table``, this format's earlier name, is still accepted for ``text``.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,25 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Summary", "format_summaries", "summarize", "wilson_interval"]
+from synaprune.bench.methods import method_label
 
-FORMATS = ("table", "csv", "json")
+__all__ = ["FORMATS", "Summary", "check_format", "format_summaries", "summarize",
+           "wilson_interval"]
+
+FORMATS = ("text", "csv", "json")
+_ALIASES = {"table": "text"}  # the name before "text" was chosen for every command
+
+
+def check_format(fmt: str) -> str:
+    """The output format ``fmt`` names (``table`` is read as ``text``).
+
+    Raises:
+        ValueError: For an unknown format, naming the choices.
+    """
+    fmt = _ALIASES.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
+    return fmt
 _Z95 = 1.959963984540054  # standard normal quantile at 0.975
 
 
@@ -126,7 +148,7 @@ def _table(summaries: Sequence[Summary]) -> str:
         lines = [header]
         for s in (s for s in summaries if s.problem == problem):
             lines.append([
-                s.method, str(s.budget), str(s.runs),
+                method_label(s.method), str(s.budget), str(s.runs),
                 f"{100 * s.success_rate:.1f}% ({s.successes})",
                 f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%]",
                 str(s.diverged), f"{s.median_final_loss:.4g}",
@@ -151,21 +173,24 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def format_summaries(summaries: Sequence[Summary], fmt: str = "table") -> str:
+def format_summaries(summaries: Sequence[Summary], fmt: str = "text") -> str:
     """Render summaries as a text table per problem, CSV, or JSON.
 
     Args:
         summaries: From :func:`summarize`.
-        fmt: ``"table"``, ``"csv"`` (one header line, then one line per summary) or ``"json"``
-            (a list of objects; infinite values as the strings ``"inf"``/``"-inf"``).
+        fmt: ``"text"`` (a table per problem, each method by its label: the name and the
+            options other than its defaults), ``"csv"`` (one header line, then one line per
+            summary) or ``"json"`` (a list of objects; infinite values as the strings
+            ``"inf"``/``"-inf"``); csv and json give each method's full canonical spec.
 
     Returns:
-        The text, without a trailing newline for ``table`` and ``json``.
+        The text, without a trailing newline for ``text`` and ``json``.
 
     Raises:
         ValueError: For an unknown format.
     """
-    if fmt == "table":
+    fmt = check_format(fmt)
+    if fmt == "text":
         return _table(summaries)
     if fmt == "json":
         return json.dumps([{k: _json_value(v) for k, v in asdict(s).items()}
@@ -179,4 +204,4 @@ def format_summaries(summaries: Sequence[Summary], fmt: str = "table") -> str:
             writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v
                              for v in (getattr(s, k) for k in names)])
         return buffer.getvalue()
-    raise ValueError(f"Unknown format '{fmt}'; choose from: {', '.join(FORMATS)}")
+    raise AssertionError(fmt)  # check_format admits no other

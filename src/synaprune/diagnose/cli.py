@@ -42,21 +42,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from synaprune.errors import UsageError
+
 if TYPE_CHECKING:
     from synaprune.bench.store import StoredRun
     from synaprune.problems import Problem
 
 
-def _usage_error_type() -> type[Exception]:
-    # Imported late: synaprune.cli imports this module to register the subcommand.
-    from synaprune.cli import UsageError
-
-    return UsageError
-
-
 def _usage(message: str) -> Exception:
-    """A ``synaprune.cli.UsageError``: the main CLI prints it as one line and exits 2."""
-    return _usage_error_type()(message)
+    """A :class:`synaprune.errors.UsageError`: the main CLI prints it as one line, exit 2."""
+    return UsageError(message)
 
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -230,7 +225,7 @@ def load_data(path: str, loss: str) -> tuple[Tensor, Tensor]:
                 raise _usage(f"data file {path} lacks array(s) {', '.join(missing)} (it "
                                  f"has {', '.join(names) or 'none'}); expected x and y")
             x, y = npz["x"], npz["y"]
-    except _usage_error_type():
+    except UsageError:
         raise
     except FileNotFoundError:
         raise _usage(f"data file not found: {path}") from None

@@ -1,13 +1,14 @@
-"""Registry of problems and the spec-string parser behind :func:`get_problem`."""
+"""Registry of problems; :func:`get_problem` reads specs with the parser shared with the methods."""
 
 from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from synaprune._spec import parse_spec, parse_value
 
 from ._base import Problem
 from ._digits import autoencoder_problem, digits_problem
@@ -18,9 +19,6 @@ from ._xor import xor_problem
 
 __all__ = ["get_problem", "list_problems"]
 
-_INT = re.compile(r"[+-]?\d+")
-_TRUE = {"true", "yes", "1"}
-_FALSE = {"false", "no", "0"}
 
 
 @dataclass(frozen=True)
@@ -120,21 +118,9 @@ def _convert(problem: str, key: str, option: _Option, value: Any) -> Any:
     )
     if value is None and option.default is None:
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        if option.kind is bool:
-            if text.lower() not in _TRUE | _FALSE:
-                raise bad
-            converted: Any = text.lower() in _TRUE
-        elif option.kind is int:
-            if not _INT.fullmatch(text):
-                raise bad
-            converted = int(text)
-        else:
-            try:
-                converted = float(text)
-            except ValueError:
-                raise bad from None
+    if isinstance(value, str):  # the one parser of spec values (synaprune._spec)
+        converted: Any = parse_value(value, option.kind.__name__, key=key,
+                                     owner=f"problem '{problem}'")
     elif option.kind is bool:
         if not isinstance(value, bool):
             raise bad
@@ -158,26 +144,9 @@ def _convert(problem: str, key: str, option: _Option, value: Any) -> Any:
 
 def _parse(spec: str) -> tuple[str, dict[str, str]]:
     """Split ``"name:key=value,key=value"`` into the name and raw option strings."""
-    if not isinstance(spec, str):
-        raise ValueError(f"A problem spec must be a string, got {type(spec).__name__}")
-    name, _, rest = spec.partition(":")
-    name = name.strip().lower().replace("_", "-")
+    name, raw = parse_spec(spec, "problem")
     if name not in _REGISTRY:
         raise ValueError(f"Unknown problem '{name}'; choose from: {', '.join(list_problems())}")
-    raw: dict[str, str] = {}
-    if not rest.strip():
-        return name, raw
-    for item in rest.split(","):
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key or not value:
-            raise ValueError(
-                f"Malformed option '{item.strip()}' in spec '{spec}'; expected key=value "
-                f"pairs separated by commas, e.g. '{name}:key=value,key=value'"
-            )
-        if key in raw:
-            raise ValueError(f"Option '{key}' given twice in spec '{spec}'")
-        raw[key] = value
     return name, raw
 
 
@@ -201,8 +170,10 @@ def get_problem(spec: str, **options: Any) -> Problem:
     ====================  ===========================================================
 
     Args:
-        spec: E.g. ``"teacher-student:k=8,n=8"`` or ``"xor"``. Names are case-insensitive
-            and ``_`` may stand for ``-``.
+        spec: E.g. ``"teacher-student:k=8,n=8"`` or ``"xor"``, read by the parser of
+            :mod:`synaprune._spec` (shared with the methods): names are case-insensitive and
+            ``_`` may stand for ``-``; keys are case-sensitive (``n`` and ``N`` differ); a key
+            given twice is an error.
         **options: Options as Python values, e.g. ``k=8``.
 
     Returns:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from synaprune._io import atomic_output
+from synaprune.bench.methods import method_label
 from synaprune.bench.summary import Summary
 
 __all__ = ["plot_success_rates"]
@@ -17,14 +17,17 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
     """Draw each method's success rate and its 95% Wilson interval, a panel per problem.
 
     Methods are sorted within a panel as in ``synaprune results`` (success rate, then median
-    final loss), best at the top; each bar is labelled with successes/runs and the median final
-    loss, so that panels where every method fails still say something.
+    final loss), best at the top, and named as in its table (the name and the options other
+    than the method's defaults, :func:`~synaprune.bench.method_label`); each bar is labelled
+    with successes/runs and the median final loss, so that panels where every method fails
+    still say something.
 
     Args:
         summaries: From :func:`synaprune.bench.summarize`; several budgets of one
             (problem, method) become separate bars.
         path: Image file to write (format from the suffix, e.g. ``.png``, ``.svg``); written
-            to a temporary file in the same directory first, then renamed.
+            to a temporary file in the same directory first, then renamed, with the
+            permissions of the user's umask.
         title: Figure title.
 
     Returns:
@@ -54,7 +57,7 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
         high = [s.ci_high - s.success_rate for s in group]
         ax.barh(y, rates, color="C0", alpha=0.6)
         ax.errorbar(rates, y, xerr=[low, high], fmt="none", ecolor="k", capsize=2, lw=0.8)
-        labels = [s.method.split(":")[0] + (f" ({s.budget} steps)" if len(
+        labels = [method_label(s.method) + (f" ({s.budget} steps)" if len(
             {t.budget for t in group}) > 1 else "") for s in group]
         ax.set_yticks(y, labels, fontsize=8)
         for yi, s in zip(y, group, strict=True):
@@ -69,14 +72,9 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
     # leave the top 0.4 inch for the title, above the first panel's own
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}", suffix=path.suffix)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
