@@ -10,13 +10,11 @@ import synaprune.bench.methods as methods_module
 from synaprune import SynaPrune
 from synaprune.bench import (
     PLANNED_METHODS,
-    SAM,
-    GradientNoise,
-    PerturbedGD,
     get_method,
     list_methods,
     parse_method_list,
 )
+from synaprune.optim import SAM, GradientNoise, PerturbedGD
 
 
 def test_public_names_import() -> None:

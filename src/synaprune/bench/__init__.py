@@ -6,8 +6,6 @@
   ``synaprune-bc``, ``synaprune``), each a small dataclass with
   ``make_optimizer(params, generator)``; :func:`get_method` with ``problem=`` starts from the
   options tuned on that problem (:func:`tuned_options`, ``docs/tuning.md``).
-* :mod:`~synaprune.bench.noisy`: the baselines' optimizers :class:`PerturbedGD`,
-  :class:`GradientNoise`, :class:`SAM` (one model, or S stacked models with S generators).
 * :func:`run_seeds`: S seeds of one (problem, method) vectorised over seeds
   (``stack_module_state`` + ``vmap``, one optimizer over the stacked tensors);
   :func:`run_single` is the same protocol as an ordinary single-model loop.
@@ -47,7 +45,6 @@ from synaprune.bench.methods import (
     parse_method_list,
     tuned_options,
 )
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
 from synaprune.bench.runner import (
     MinibatchSampler,
     RunResult,
@@ -62,16 +59,13 @@ from synaprune.bench.sweep import SweepReport, sweep
 
 __all__ = [
     "PLANNED_METHODS",
-    "SAM",
     "Adam",
     "GradientDescent",
-    "GradientNoise",
     "GradientNoiseMethod",
     "Method",
     "MinibatchSGD",
     "MinibatchSampler",
     "Momentum",
-    "PerturbedGD",
     "PerturbedGDMethod",
     "ResultStore",
     "RunResult",

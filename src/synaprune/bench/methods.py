@@ -15,9 +15,9 @@ Available methods:
 * ``adam``: ``torch.optim.Adam``, full batch unless ``batch_size`` is set.
 * ``synaprune-a``: deterministic SynaPrune, mechanism A only (``aggregation`` ``blend`` or
   ``rms`` from per-example gradient statistics, no weight noise); needs a per-example problem.
-* ``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
-* ``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al. 2015).
-* ``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021); needs a closure.
+* ``perturbed-gd``: :class:`synaprune.optim.PerturbedGD` (Jin et al. 2017).
+* ``gradient-noise``: :class:`synaprune.optim.GradientNoise` (Neelakantan et al. 2015).
+* ``sam``: :class:`synaprune.optim.SAM` (Foret et al. 2021); needs a closure.
 * ``synaprune-b``: SynaPrune, mechanism B only (magnitude-proportional weight noise).
 * ``synaprune-ab``: SynaPrune, mechanisms A and B.
 * ``synaprune-c``, ``synaprune-ac``, ``synaprune-bc``, ``synaprune`` (all three): mechanism C,
@@ -29,7 +29,8 @@ Available methods:
 
 Noise: :meth:`Method.make_optimizer` takes ``generator``, one ``torch.Generator`` (one model)
 or a sequence of S of them (stacked ``[S, ...]`` parameters, model s draws from generator s
-exactly what it would draw alone); the runner derives seed s's generator with
+exactly what it would draw alone; the optimizer gets ``num_models=S``, the stacked-mode
+convention of :mod:`synaprune.optim`); the runner derives seed s's generator with
 :func:`synaprune.bench.runner.noise_generator`.
 
 To add a method, subclass :class:`Method`, give it a ``name`` and
@@ -68,8 +69,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
-from synaprune.optim import SaddleFreeNewton, SynaPrune
+from synaprune.optim import SAM, GradientNoise, PerturbedGD, SaddleFreeNewton, SynaPrune
 
 __all__ = [
     "PLANNED_METHODS",
@@ -98,6 +98,14 @@ __all__ = [
 PLANNED_METHODS: tuple[str, ...] = ()
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _num_models(generator: Generators) -> int | None:
+    """S for a sequence of S generators (stacked parameters), None for one model: the
+    ``num_models`` of :mod:`synaprune.optim`'s stacked mode."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    return len(generator)
 
 _INT = re.compile(r"[+-]?\d+")
 
@@ -305,14 +313,14 @@ class SynaPruneA(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation=self.aggregation, blend=self.blend,
-                         blend_schedule=self.blend_schedule, blend_steps=self.blend_steps,
-                         noise=0.0, seed=0, distributed=False)
+                         aggregation=self.aggregation, **_a_kwargs(self),
+                         noise=0.0, seed=0, distributed=False,
+                         num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
 class PerturbedGDMethod(Method):
-    """``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
+    """``perturbed-gd``: :class:`synaprune.optim.PerturbedGD` (Jin et al. 2017).
 
     Defaults: the paper's r, g_thres and t_thres are formulas in the (unknown) gradient and
     Hessian Lipschitz constants, so they are not usable as given; ``radius`` and ``threshold``
@@ -333,12 +341,13 @@ class PerturbedGDMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return PerturbedGD(params, lr=self.lr, radius=self.radius, threshold=self.threshold,
-                           t_thres=self.t_thres, generator=generator)
+                           t_thres=self.t_thres, generator=generator,
+                           num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
 class GradientNoiseMethod(Method):
-    """``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al.
+    """``gradient-noise``: :class:`synaprune.optim.GradientNoise` (Neelakantan et al.
     2015): SGD on g + N(0, eta / (1 + t)**gamma).
 
     Defaults: ``gamma=0.55`` is the paper's; ``eta=0.003`` is tuned on xor (the paper's grid
@@ -360,12 +369,13 @@ class GradientNoiseMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return GradientNoise(params, lr=self.lr, eta=self.eta, gamma=self.gamma,
-                             momentum=self.momentum, generator=generator)
+                             momentum=self.momentum, generator=generator,
+                             num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
 class SAMMethod(Method):
-    """``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021), two gradients a step.
+    """``sam``: :class:`synaprune.optim.SAM` (Foret et al. 2021), two gradients a step.
 
     Defaults: ``rho=0.05`` is the paper's default (no rho beat gd in the tuning on xor); ``lr``
     as ``gd``, no momentum.
@@ -384,7 +394,7 @@ class SAMMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SAM(params, lr=self.lr, rho=self.rho, momentum=self.momentum,
-                   generator=generator)
+                   num_models=_num_models(generator))
 
 
 # Mechanism B's options, shared by synaprune-b and synaprune-ab. noise=0.01 and the stall trigger
@@ -395,7 +405,22 @@ _B_FIELDS = ("noise", "noise_schedule", "noise_gamma", "noise_clip", "noise_trig
 
 
 def _b_kwargs(method: Method) -> dict[str, Any]:
-    return {k: getattr(method, k) for k in _B_FIELDS}
+    # SynaPrune refuses options that have no effect: the anneal exponent goes only with the
+    # anneal schedule, the stall options only with the stall trigger.
+    skip = set() if method.noise_schedule == "anneal" else {"noise_gamma"}  # type: ignore[attr-defined]
+    if method.noise_trigger != "stall":  # type: ignore[attr-defined]
+        skip |= {"stall_threshold", "stall_steps", "noise_cooldown"}
+    return {k: getattr(method, k) for k in _B_FIELDS if k not in skip}
+
+
+def _a_kwargs(method: Method) -> dict[str, Any]:
+    """Mechanism A's options for SynaPrune: ``blend`` only with ``aggregation=blend`` (``rms``
+    is blend 1, and SynaPrune refuses a blend that would have no effect)."""
+    out: dict[str, Any] = dict(blend_schedule=method.blend_schedule,  # type: ignore[attr-defined]
+                               blend_steps=method.blend_steps)  # type: ignore[attr-defined]
+    if method.aggregation == "blend":  # type: ignore[attr-defined]
+        out["blend"] = method.blend  # type: ignore[attr-defined]
+    return out
 
 
 @dataclass(frozen=True)
@@ -429,7 +454,7 @@ class SynaPruneB(Method):
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
                          aggregation="mean", generator=generator, distributed=False,
-                         **_b_kwargs(self))
+                         num_models=_num_models(generator), **_b_kwargs(self))
 
 
 @dataclass(frozen=True)
@@ -466,9 +491,9 @@ class SynaPruneAB(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation=self.aggregation, blend=self.blend,
-                         blend_schedule=self.blend_schedule, blend_steps=self.blend_steps,
-                         generator=generator, distributed=False, **_b_kwargs(self))
+                         aggregation=self.aggregation, **_a_kwargs(self),
+                         generator=generator, distributed=False,
+                         num_models=_num_models(generator), **_b_kwargs(self))
 
 
 def _c_fields() -> tuple[Any, Any]:
@@ -510,7 +535,8 @@ class SynaPruneC(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SynaPrune(params, lr=self.lr, base=self.base, momentum=self.momentum,
-                         aggregation="mean", noise=0.0, seed=0, distributed=False)
+                         aggregation="mean", noise=0.0, seed=0, distributed=False,
+                         num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
@@ -600,12 +626,8 @@ class SaddleFreeNewtonMethod(Method):
         self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)])
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        # A sequence of generators means stacked [S, ...] parameters (the seed-batched runner);
-        # the method draws no noise, so only their number is used.
-        stacked = generator is not None and not isinstance(generator, torch.Generator)
         return SaddleFreeNewton(params, lr=self.lr, damping=self.damping,
-                                krylov_dim=self.krylov_dim,
-                                num_models=len(generator) if stacked else None)  # type: ignore[arg-type]
+                                krylov_dim=self.krylov_dim, num_models=_num_models(generator))
 
 
 _METHODS: dict[str, type[Method]] = {
