@@ -240,42 +240,6 @@ def test_every_registered_problem_runs_batched(name: str) -> None:
         assert _max_diff(got.params, dict(problem.build_model(1).named_parameters())) > 0
 
 
-@pytest.mark.parametrize("spec", ["xor:hidden=3", "spirals:N=40", "autoencoder:hidden=6",
-                                  "digits:hidden=5"])
-@pytest.mark.parametrize("batched_data", [False, True])
-def test_closed_form_statistics_equal_vmap_of_per_example_grads(spec: str,
-                                                                 batched_data: bool) -> None:
-    """The MLP closed form of sum_i g_i**2 equals vmap(grad) of each example's loss."""
-    from torch.func import stack_module_state
-
-    from synaprune.bench import runner
-
-    problem = get_problem(spec)
-    models = [problem.build_model(s) for s in (3, 7, 11)]
-    params, buffers = stack_module_state(models)
-    base = models[0].to("meta")
-    x, y = problem.data("train")
-    n = min(30, x.shape[0])
-    x, y = x[:n], y[:n]
-    if batched_data:  # each seed its own examples
-        perm = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(s))
-                            for s in range(3)])
-        x, y = x[perm], y[perm]
-    assert runner._closed_form_applies(base, buffers, x, batched_data)
-    fast = runner._sequential_sumsq(problem, base, params, x, y, batched_data)
-    runner_closed_form = runner._closed_form_applies
-    try:
-        runner._closed_form_applies = lambda *args: False  # type: ignore[assignment]
-        slow = runner._per_example_sumsq(problem, base, params, buffers, x, y, batched_data)
-    finally:
-        runner._closed_form_applies = runner_closed_form  # type: ignore[assignment]
-    assert fast.keys() == slow.keys() == params.keys()
-    for k in fast:
-        assert fast[k].shape == params[k].shape
-        torch.testing.assert_close(fast[k], slow[k], rtol=1e-10, atol=1e-14)
-        assert slow[k].abs().max() > 0
-
-
 def test_final_gradient_norm_is_the_full_batch_gradient() -> None:
     """final_grad_norm is ||grad L|| at the final parameters (no penalty, full batch)."""
     problem = get_problem("spirals:N=40")
