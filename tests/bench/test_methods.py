@@ -13,7 +13,7 @@ import synaprune.bench.methods as methods_module
 from synaprune import SynaPrune
 from synaprune.bench import get_method, list_methods, method_label, parse_method_list
 from synaprune.bench.methods import PLANNED_METHODS
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
+from synaprune.optim import SAM, GradientNoise, PerturbedGD
 
 
 def test_public_names_import() -> None:
@@ -232,3 +232,14 @@ def test_label_shows_the_name_and_the_options_other_than_the_defaults() -> None:
     # distinct methods, distinct labels: over every stored form above
     labels = {get_method(r["spec"]).label: r["spec"] for r in _BEFORE}
     assert len(labels) == len(_BEFORE)
+
+
+@pytest.mark.parametrize("spec", ["synaprune-a:aggregation=rms,blend=0.3",
+                                  "synaprune-b:noise_trigger=always,stall_steps=3",
+                                  "synaprune-ab:noise_schedule=constant,noise_gamma=0.7"])
+def test_contradictory_options_are_refused_not_dropped(spec: str) -> None:
+    """An option the user set that the other settings make meaningless is refused (as
+    SynaPrune itself refuses it), never silently dropped; left at its default it is fine."""
+    with pytest.raises(ValueError, match="Contradictory"):
+        get_method(spec)
+    get_method(spec.rsplit(",", 1)[0])  # the same without the contradicting option

@@ -43,8 +43,11 @@ def test_schedule_sets_kick_size(schedule):
     """Step t's kick equals sigma_t * (|theta| + eps0) * xi_t with sigma_t from the formula."""
     sigma0, decay, gamma = 0.2, 0.9, 0.55
     p = nn.Parameter(torch.ones(5, dtype=torch.float64))
-    opt = SynaPrune([p], lr=0.0, noise=sigma0, noise_schedule=schedule, noise_decay=decay,
-                    noise_gamma=gamma, noise_eps=0.0, seed=7)
+    # Only the schedule's own parameter: the others would have no effect, which is refused.
+    own = {"constant": {}, "exponential": {"noise_decay": decay},
+           "anneal": {"noise_gamma": gamma}}[schedule]
+    opt = SynaPrune([p], lr=0.0, noise=sigma0, noise_schedule=schedule, noise_eps=0.0, seed=7,
+                    **own)
     gen = torch.Generator().manual_seed(7)
     for t in range(4):
         before = p.detach().clone()
@@ -100,8 +103,9 @@ def test_noise_breaks_a_symmetric_stuck_point():
             model[0].bias.fill_(0.1)
             model[2].weight.fill_(0.2)
             model[2].bias.zero_()
-        opt = SynaPrune(model.parameters(), lr=2.0, momentum=0.9, noise=noise,
-                        noise_schedule="exponential", noise_decay=0.998, seed=0)
+        schedule = dict(noise_schedule="exponential", noise_decay=0.998) if noise else {}
+        opt = SynaPrune(model.parameters(), lr=2.0, momentum=0.9, noise=noise, seed=0,
+                        **schedule)
         for _ in range(4000):
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(x), y)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from synaprune import ActivationGradientPenalty, PerExampleGradStats, SynaPrune
+from synaprune.optim.penalty import activation_term, stabiliser, weight_norms
 
 
 def _model(seed: int = 0) -> nn.Sequential:
@@ -154,3 +155,32 @@ def test_stabiliser_without_weights_is_zero_and_the_penalty_still_works() -> Non
     total = loss + 0.1 * x.shape[0] * dh.square().sum()
     (expected,) = torch.autograd.grad(total, c)
     torch.testing.assert_close(model.centres.grad, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_penalty_math_for_stacked_models_is_the_one_model_math_per_slice(reduction) -> None:
+    """activation_term and stabiliser with num_models=S (the lab's seed batching) give model s
+    exactly what the one-model call on slice s gives: one implementation for both."""
+    g = torch.Generator().manual_seed(4)
+    s = 3
+    grads = [torch.randn(s, 6, 5, generator=g, dtype=torch.float64), None,
+             torch.randn(s, 6, 2, 3, generator=g, dtype=torch.float64)]
+    weights = [torch.randn(s, 4, 3, generator=g, dtype=torch.float64),
+               torch.randn(s, 2, generator=g, dtype=torch.float64)]
+    init = weight_norms([w * 1.3 for w in weights], num_models=s)  # above: the stabiliser acts
+    stacked_act = activation_term(grads, reduction=reduction, num_models=s)
+    stacked_stab = stabiliser(weights, init, 0.7, num_models=s)
+    assert stacked_act.shape == (s,) and stacked_stab.shape == (s,)
+    for m in range(s):
+        one = [None if t is None else t[m] for t in grads]
+        act = activation_term(one, reduction=reduction)
+        # reference: sum over layers of (B or 1) * ||dL/dh||^2
+        ref = sum((6 if reduction == "mean" else 1) * t[m].pow(2).sum()
+                  for t in grads if t is not None)
+        assert abs(act.item() - ref.item()) <= 1e-12 * ref.item()
+        assert abs(stacked_act[m].item() - act.item()) <= 1e-12 * act.item()
+        stab = stabiliser([w[m] for w in weights], [c[m].item() for c in init], 0.7)
+        ref_stab = 0.7 * sum(torch.relu(c[m] - w[m].norm()) ** 2
+                             for w, c in zip(weights, init, strict=True))
+        assert stab.item() > 0 and abs(stab.item() - ref_stab.item()) <= 1e-12 * ref_stab.item()
+        assert abs(stacked_stab[m].item() - stab.item()) <= 1e-12 * stab.item()

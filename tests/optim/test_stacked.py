@@ -30,8 +30,8 @@ def test_stacked_models_equal_separate_runs(options):
     scale = torch.tensor([0.1, 1.0, 3.0], dtype=torch.float64)
 
     stacked = [torch.nn.Parameter(t.clone()) for t in init]
-    opt = SynaPrune(stacked, lr=0.1, generator=[torch.Generator().manual_seed(10 + m)
-                                                for m in range(s)], **options)
+    opt = SynaPrune(stacked, lr=0.1, num_models=s,
+                    generator=[torch.Generator().manual_seed(10 + m) for m in range(s)], **options)
     singles, opts = [], []
     for m in range(s):
         params = [torch.nn.Parameter(t[m].clone()) for t in init]
@@ -58,7 +58,7 @@ def test_stacked_models_equal_separate_runs(options):
 def test_stacked_state_dict_round_trip():
     gens = [torch.Generator().manual_seed(m) for m in range(2)]
     p = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
-    opt = SynaPrune([p], lr=0.0, noise=0.1, generator=gens)
+    opt = SynaPrune([p], lr=0.0, noise=0.1, num_models=2, generator=gens)
     p.grad = torch.zeros_like(p)
     opt.step()
     sd = opt.state_dict()
@@ -67,17 +67,51 @@ def test_stacked_state_dict_round_trip():
     expected = p.detach().clone()
     with torch.no_grad():
         p.copy_(after_one)
-    opt2 = SynaPrune([p], lr=0.0, noise=0.1,
+    opt2 = SynaPrune([p], lr=0.0, noise=0.1, num_models=2,
                      generator=[torch.Generator().manual_seed(99) for _ in range(2)])
     opt2.load_state_dict(sd)
     opt2.step()
     assert torch.equal(p.detach(), expected)
     with pytest.raises(ValueError, match="models"):
-        SynaPrune([p], lr=0.0, noise=0.1, generator=[torch.Generator()]).load_state_dict(sd)
+        one = torch.nn.Parameter(torch.ones(1, 3, dtype=torch.float64))
+        SynaPrune([one], lr=0.0, noise=0.1, num_models=1,
+                  generator=[torch.Generator()]).load_state_dict(sd)
 
 
 def test_stacked_mode_checks_the_models_dimension():
-    with pytest.raises(ValueError, match="generator"):
-        SynaPrune([torch.nn.Parameter(torch.ones(3, 2))], generator=[torch.Generator()] * 2)
+    with pytest.raises(ValueError, match="num_models=2 means stacked"):
+        SynaPrune([torch.nn.Parameter(torch.ones(3, 2))], num_models=2,
+                  generator=[torch.Generator()] * 2)
     with pytest.raises(ValueError, match="generator"):
         SynaPrune([torch.nn.Parameter(torch.ones(2))], generator=[])
+
+
+BAD_STACKING = {
+    # A sequence of generators alone used to switch stacked mode on: now num_models says it.
+    "generators-without-num-models": (dict(generator=[torch.Generator()] * 2), "num_models=2"),
+    "one-generator-for-a-stack": (dict(num_models=2, generator=torch.Generator()), "sequence"),
+    "wrong-number-of-generators": (dict(num_models=2, generator=[torch.Generator()] * 3), "3"),
+    "num-models-not-int": (dict(num_models=2.0), "num_models"),
+}
+
+
+@pytest.mark.parametrize(("options", "word"), BAD_STACKING.values(), ids=BAD_STACKING.keys())
+def test_stacked_mode_needs_num_models_and_one_generator_per_model(options, word):
+    with pytest.raises(ValueError, match=word):
+        SynaPrune([torch.nn.Parameter(torch.ones(2, 3))], **options)
+
+
+def test_seed_gives_model_s_the_seed_plus_s():
+    """In stacked mode, seed=k seeds model s's generator with k + s: its noise is that of a
+    single model with seed k + s."""
+    init = torch.randn(3, 4, dtype=torch.float64)
+    stacked = torch.nn.Parameter(init.clone())
+    opt = SynaPrune([stacked], lr=0.0, noise=0.1, num_models=3, seed=5)
+    stacked.grad = torch.zeros_like(stacked)
+    opt.step()
+    for s in range(3):
+        single = torch.nn.Parameter(init[s].clone())
+        one = SynaPrune([single], lr=0.0, noise=0.1, seed=5 + s)
+        single.grad = torch.zeros_like(single)
+        one.step()
+        assert torch.equal(stacked[s], single)

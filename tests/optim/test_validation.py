@@ -51,3 +51,67 @@ def test_rms_without_statistics_explains_what_to_do():
     p.grad = torch.ones(3)
     with pytest.raises(RuntimeError, match="PerExampleGradStats"):
         opt.step()
+
+
+# Options that another option makes ineffective: refused, with both names in the message.
+CONTRADICTORY = {
+    "rms-with-blend": (dict(aggregation="rms", blend=0.3), "blend=0.3 with aggregation='rms'"),
+    "mean-with-blend": (dict(blend=0.3), "blend=0.3 with aggregation='mean'"),
+    "mean-with-blend-schedule": (dict(blend_schedule="linear", blend_steps=10),
+                                 "aggregation='mean'"),
+    "blend-steps-constant": (dict(aggregation="rms", blend_steps=10), "blend_schedule='constant'"),
+    "noise-off-with-schedule": (dict(noise_schedule="anneal"), "noise=0"),
+    "noise-off-with-clip": (dict(noise_clip=0.1), "noise=0"),
+    "noise-off-with-stall": (dict(noise_trigger="stall"), "noise=0"),
+    "noise-off-with-eps": (dict(noise_eps=1e-3), "noise=0"),
+    "decay-without-exponential": (dict(noise=0.1, noise_decay=0.9), "noise_decay"),
+    "gamma-without-anneal": (dict(noise=0.1, noise_schedule="exponential", noise_gamma=0.5),
+                             "noise_gamma"),
+    "stall-options-always": (dict(noise=0.1, stall_steps=3), "noise_trigger='always'"),
+    "sgd-with-betas": (dict(betas=(0.8, 0.9)), "base='sgd'"),
+    "sgd-with-amsgrad": (dict(amsgrad=True), "amsgrad"),
+    "adam-with-momentum": (dict(base="adam", momentum=0.9), "base='adam'"),
+    "adamw-with-nesterov": (dict(base="adamw", momentum=0.9, nesterov=True), "nesterov"),
+    "group-rms-inherits-blend": (dict(aggregation="blend", blend=0.3,
+                                      groups=[{"aggregation": "rms"}]), "aggregation='rms'"),
+}
+
+
+@pytest.mark.parametrize(("options", "words"), CONTRADICTORY.values(), ids=CONTRADICTORY.keys())
+def test_contradictory_options_are_refused(options, words):
+    options = dict(options)
+    groups = options.pop("groups", None)
+    p = torch.nn.Parameter(torch.zeros(3))
+    params = [{"params": [p], **g} for g in groups] if groups else [p]
+    with pytest.raises(ValueError, match="Contradictory options") as info:
+        SynaPrune(params, **options)
+    assert words in str(info.value)
+
+
+CONSISTENT = {
+    "blend-with-weight": dict(aggregation="blend", blend=0.3),
+    "blend-default-weight": dict(aggregation="blend"),
+    "rms-decaying": dict(aggregation="rms", blend_schedule="cosine", blend_steps=10),
+    "stall-noise": dict(noise=0.1, noise_trigger="stall", stall_steps=3, noise_cooldown=0),
+    "anneal": dict(noise=0.1, noise_schedule="anneal", noise_gamma=0.6, noise_clip=0.5),
+    "adam-zero-momentum": dict(base="adam", momentum=0.0, betas=(0.8, 0.9)),
+    "sgd-momentum": dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+}
+
+
+@pytest.mark.parametrize("options", CONSISTENT.values(), ids=CONSISTENT.keys())
+def test_consistent_options_are_accepted_and_take_effect(options):
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = SynaPrune([p], **options)
+    group = opt.param_groups[0]
+    for k, v in options.items():
+        if k in group:
+            assert group[k] == v
+
+
+def test_unset_options_take_torch_defaults_per_base():
+    p = torch.nn.Parameter(torch.zeros(3))
+    sgd, adamw = SynaPrune([p]).param_groups[0], SynaPrune([p], base="adamw").param_groups[0]
+    assert sgd["weight_decay"] == 0.0 and adamw["weight_decay"] == 1e-2
+    assert adamw["betas"] == (0.9, 0.999) and adamw["eps"] == 1e-8
+    assert SynaPrune([p], aggregation="blend").param_groups[0]["blend"] == 1.0

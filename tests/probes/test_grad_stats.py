@@ -690,7 +690,7 @@ def test_tuple_output_warns_and_leaves_no_statistics():
 
 
 def test_public_names():
-    assert set(probes.__all__) == {"PerExampleGradStats", "probes_paused"}
+    assert set(probes.__all__) == {"PerExampleGradStats", "per_example_sums", "probes_paused"}
     for name in probes.__all__:
         assert getattr(probes, name) is not None
 

@@ -13,9 +13,9 @@ Available methods:
   epoch, last partial batch dropped) drawn from a generator seeded with the run's seed.
 * ``momentum``: heavy-ball SGD (torch's convention), full batch unless ``batch_size`` is set.
 * ``adam``: ``torch.optim.Adam``, full batch unless ``batch_size`` is set.
-* ``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
-* ``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al. 2015).
-* ``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021); needs a closure.
+* ``perturbed-gd``: :class:`synaprune.optim.PerturbedGD` (Jin et al. 2017).
+* ``gradient-noise``: :class:`synaprune.optim.GradientNoise` (Neelakantan et al. 2015).
+* ``sam``: :class:`synaprune.optim.SAM` (Foret et al. 2021); needs a closure.
 * ``synaprune-a``, ``-b``, ``-c``, ``-ab``, ``-ac``, ``-bc`` and ``synaprune`` (all three):
   presets of one method, :class:`SynaPruneMethod`, with the mechanisms in the name switched
   on: A, aggregation ``blend`` or ``rms`` from per-example gradient statistics (needs a
@@ -29,7 +29,8 @@ Available methods:
 
 Noise: :meth:`Method.make_optimizer` takes ``generator``, one ``torch.Generator`` (one model)
 or a sequence of S of them (stacked ``[S, ...]`` parameters, model s draws from generator s
-exactly what it would draw alone); the runner derives seed s's generator with
+exactly what it would draw alone; the optimizer gets ``num_models=S``, the stacked-mode
+convention of :mod:`synaprune.optim`); the runner derives seed s's generator with
 :func:`synaprune.bench.runner.noise_generator`.
 
 To add a method, subclass :class:`Method`, give it a ``name`` and
@@ -73,8 +74,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from synaprune._spec import normalize_name, parse_spec, parse_value, split_top
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
-from synaprune.optim import SaddleFreeNewton, SynaPrune
+from synaprune.optim import SAM, GradientNoise, PerturbedGD, SaddleFreeNewton, SynaPrune
 
 __all__ = [
     "PLANNED_METHODS",
@@ -98,6 +98,14 @@ __all__ = [
 PLANNED_METHODS: tuple[str, ...] = ()
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _num_models(generator: Generators) -> int | None:
+    """S for a sequence of S generators (stacked parameters), None for one model: the
+    ``num_models`` of :mod:`synaprune.optim`'s stacked mode."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    return len(generator)
 
 def _opt(default: Any, kind: str, help: str) -> Any:
     """A dataclass field carrying its option kind (``int``, ``float``, ``bool``, ``str``,
@@ -293,7 +301,7 @@ class Adam(Method):
 
 @dataclass(frozen=True)
 class PerturbedGDMethod(Method):
-    """``perturbed-gd``: :class:`~synaprune.bench.noisy.PerturbedGD` (Jin et al. 2017).
+    """``perturbed-gd``: :class:`synaprune.optim.PerturbedGD` (Jin et al. 2017).
 
     Defaults: the paper's r, g_thres and t_thres are formulas in the (unknown) gradient and
     Hessian Lipschitz constants, so they are not usable as given; ``radius`` and ``threshold``
@@ -314,12 +322,13 @@ class PerturbedGDMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return PerturbedGD(params, lr=self.lr, radius=self.radius, threshold=self.threshold,
-                           t_thres=self.t_thres, generator=generator)
+                           t_thres=self.t_thres, generator=generator,
+                           num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
 class GradientNoiseMethod(Method):
-    """``gradient-noise``: :class:`~synaprune.bench.noisy.GradientNoise` (Neelakantan et al.
+    """``gradient-noise``: :class:`synaprune.optim.GradientNoise` (Neelakantan et al.
     2015): SGD on g + N(0, eta / (1 + t)**gamma).
 
     Defaults: ``gamma=0.55`` is the paper's; ``eta=0.003`` is tuned on xor (the paper's grid
@@ -341,12 +350,13 @@ class GradientNoiseMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return GradientNoise(params, lr=self.lr, eta=self.eta, gamma=self.gamma,
-                             momentum=self.momentum, generator=generator)
+                             momentum=self.momentum, generator=generator,
+                             num_models=_num_models(generator))
 
 
 @dataclass(frozen=True)
 class SAMMethod(Method):
-    """``sam``: :class:`~synaprune.bench.noisy.SAM` (Foret et al. 2021), two gradients a step.
+    """``sam``: :class:`synaprune.optim.SAM` (Foret et al. 2021), two gradients a step.
 
     Defaults: ``rho=0.05`` is the paper's default (no rho beat gd in the tuning on xor); ``lr``
     as ``gd``, no momentum.
@@ -365,7 +375,7 @@ class SAMMethod(Method):
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         return SAM(params, lr=self.lr, rho=self.rho, momentum=self.momentum,
-                   generator=generator)
+                   num_models=_num_models(generator))
 
 
 def _mech(mechanism: str, default: Any, kind: str, help: str) -> Any:
@@ -373,6 +383,15 @@ def _mech(mechanism: str, default: Any, kind: str, help: str) -> Any:
     presets that use that mechanism have it."""
     return field(default=default, metadata={"kind": kind, "help": help, "mechanism": mechanism})
 
+
+# Options that mean something only with another option's value: (option, value).
+_ONLY_WITH: dict[str, tuple[str, str]] = {
+    "blend": ("aggregation", "blend"),
+    "noise_gamma": ("noise_schedule", "anneal"),
+    "stall_threshold": ("noise_trigger", "stall"),
+    "stall_steps": ("noise_trigger", "stall"),
+    "noise_cooldown": ("noise_trigger", "stall"),
+}
 
 # The presets, by the mechanisms they switch on; "abc" is registered as plain "synaprune".
 _SYNAPRUNE_PRESETS = ("a", "b", "ab", "c", "ac", "bc", "abc")
@@ -490,9 +509,22 @@ class SynaPruneMethod(Method):
                             torch.Generator())
 
     def _kwargs(self, mechanism: str) -> dict[str, Any]:
-        """The options of one mechanism, by name (SynaPrune's keyword for A and B)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.metadata.get("mechanism") == mechanism}
+        """The options of one mechanism, by name (SynaPrune's keyword for A and B).
+
+        An option left at its default is not passed where the other settings make it
+        meaningless (SynaPrune refuses options without effect); one the user set is always
+        passed, so that SynaPrune refuses a contradiction such as ``aggregation=rms,blend=0.3``.
+        """
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("mechanism") != mechanism:
+                continue
+            value = getattr(self, f.name)
+            needs = _ONLY_WITH.get(f.name)
+            if needs is not None and value == f.default and getattr(self, needs[0]) != needs[1]:
+                continue
+            out[f.name] = value
+        return out
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         kwargs: dict[str, Any] = dict(lr=self.lr, base=self.base, momentum=self.momentum)
@@ -501,7 +533,8 @@ class SynaPruneMethod(Method):
             kwargs.update(generator=generator, **self._kwargs("b"))
         else:
             kwargs.update(noise=0.0, seed=0)
-        return SynaPrune(params, distributed=False, **kwargs)  # C: the runner's penalty
+        return SynaPrune(params, distributed=False, num_models=_num_models(generator),
+                         **kwargs)  # C: the runner's penalty
 
 
 @dataclass(frozen=True)
@@ -539,12 +572,8 @@ class SaddleFreeNewtonMethod(Method):
         self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)])
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
-        # A sequence of generators means stacked [S, ...] parameters (the seed-batched runner);
-        # the method draws no noise, so only their number is used.
-        stacked = generator is not None and not isinstance(generator, torch.Generator)
         return SaddleFreeNewton(params, lr=self.lr, damping=self.damping,
-                                krylov_dim=self.krylov_dim,
-                                num_models=len(generator) if stacked else None)  # type: ignore[arg-type]
+                                krylov_dim=self.krylov_dim, num_models=_num_models(generator))
 
 
 # name -> (class, preset): the SynaPrune presets are one class with its mechanisms chosen.

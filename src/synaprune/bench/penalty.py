@@ -11,9 +11,10 @@ others, e.g. the Gaussian bumps of ``gaussians``). Inside ``vmap`` they are not 
 so a forward hook adds to each h_l a zero tensor delta_l of size [S, B, ...] that IS one: the
 loss does not change, and d L / d delta_l = d L / d h_l for every seed at once (the seeds do not
 interact). ``torch.autograd.grad(..., create_graph=True)`` of the seeds' summed data loss gives
-those, and for a mean-reduced loss (1/B) sum_i ||d l_i/d h_{l,i}||^2 = B ||dL/dh_l||^2. W_l are
-the weights of the Linear/Conv layers, c_l their norms when the penalty is built: the defaults of
-``ActivationGradientPenalty``.
+those, and the penalty's math is that of ``ActivationGradientPenalty`` itself,
+:func:`synaprune.optim.penalty.activation_term` and :func:`synaprune.optim.penalty.stabiliser`
+with ``num_models=S``. W_l are the weights of the Linear/Conv layers, c_l their norms when the
+penalty is built: the defaults of ``ActivationGradientPenalty``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from synaprune.optim.penalty import ACTIVATIONS, WEIGHTED
+from synaprune.optim.penalty import (
+    ACTIVATIONS,
+    WEIGHTED,
+    activation_term,
+    stabiliser,
+    weight_norms,
+)
 from synaprune.problems import Problem
 
 __all__ = ["StackedPenalty", "hidden_module_names"]
@@ -89,8 +96,7 @@ class StackedPenalty:
         self.weights = [f"{name}.weight" for name, m in self.base.named_modules()
                         if isinstance(m, WEIGHTED)]
         n = next(iter(params.values())).shape[0]
-        self.init_norms = {k: params[k].detach().reshape(n, -1).norm(dim=1)
-                           for k in self.weights}
+        self.init_norms = weight_norms([params[k] for k in self.weights], num_models=n)
 
     def _hook(self, _module: nn.Module, _inputs: Any, output: Tensor) -> Tensor | None:
         if self._shapes is not None:
@@ -166,14 +172,11 @@ class StackedPenalty:
         first = torch.autograd.grad(torch.where(active, data, 0.0).sum(), [*leaves, *hidden],
                                     create_graph=True, allow_unused=True)
         data_grads, hidden_grads = first[:len(leaves)], first[len(leaves):]
-        extra = data.new_zeros(n)
-        for h, g in zip(hidden, hidden_grads, strict=True):
-            if g is not None:
-                extra = extra + self.beta * h.shape[1] * g.square().reshape(n, -1).sum(1)
+        # [S]: each seed's penalty and stabiliser (the seeds' mean-reduced losses)
+        extra = self.beta * activation_term(hidden_grads, num_models=n).to(data)
         if self.gamma > 0:
-            for k in self.weights:
-                norm = params[k].reshape(n, -1).norm(dim=1)
-                extra = extra + self.gamma * torch.relu(self.init_norms[k] - norm).square()
+            extra = extra + stabiliser([params[k] for k in self.weights], self.init_norms,
+                                       self.gamma, num_models=n).to(data)
         extra_grads = torch.autograd.grad(torch.where(active, extra, 0.0).sum(), leaves,
                                           allow_unused=True)
         total: dict[str, Tensor] = {}

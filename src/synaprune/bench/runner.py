@@ -18,7 +18,7 @@ step (a diverged seed's are replaced by zeros in the live tensors, so its NaN ca
 cross-seed computation); its result is taken at the moment it stopped.
 
 Noise: seed s's optimizer noise comes from its own generator, :func:`noise_generator` (s), in both
-runners (a sequence of S generators makes the optimizer work in stacked mode). Methods that need a
+runners (the stacked optimizer gets the S generators and ``num_models=S``). Methods that need a
 closure (``method.needs_closure``, e.g. ``sam``) get one that re-evaluates the loss on the same
 batch at the current parameters and back-propagates; methods that differentiate the loss
 themselves (``method.loss_closure``, ``saddle-free-newton``) get one that returns it with its
@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, stack_module_state, vmap
+from torch.func import grad, stack_module_state, vmap
 
 from synaprune.bench.methods import Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
-from synaprune.optim.penalty import ACTIVATIONS
-from synaprune.probes import PerExampleGradStats
+from synaprune.probes import PerExampleGradStats, per_example_sums
 from synaprune.problems import Problem
 
 __all__ = [
@@ -54,8 +53,6 @@ __all__ = [
     "run_single",
 ]
 
-# Bound on the number of float64 per-example gradient entries held at once (128 MiB).
-_STATS_ELEMENTS = 2**24
 # Odd 64-bit multiplier (the golden ratio's) that spreads seeds for the noise generators, so
 # seed s's noise stream differs from its minibatch stream (seeded with s itself).
 _NOISE_MIX = 0x9E3779B97F4A7C15
@@ -339,63 +336,6 @@ def _final_grad_norm(problem: Problem, model: torch.nn.Module,
     return _finite_or_none(_grad_norm([g for g in grads if g is not None]))
 
 
-def _closed_form_applies(base: torch.nn.Module, buffers: dict[str, Tensor], x: Tensor,
-                         batched_data: bool) -> bool:
-    """Whether :func:`_sequential_sumsq` covers this case: an ``nn.Sequential`` of ``nn.Linear``
-    layers and parameter-free elementwise activations, without buffers, on vector inputs."""
-    if buffers or not isinstance(base, torch.nn.Sequential):
-        return False
-    if x.dim() != (3 if batched_data else 2):  # per-example inputs must be vectors
-        return False
-    return all(isinstance(m, (torch.nn.Linear, *ACTIVATIONS)) for m in base.children())
-
-
-def _sequential_sumsq(
-    problem: Problem,
-    base: torch.nn.Sequential,
-    params: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    batched_data: bool,
-) -> dict[str, Tensor]:
-    """:func:`_per_example_sumsq` in closed form for an MLP (see :func:`_closed_form_applies`).
-
-    Example i's gradient of its own loss l_i with respect to a Linear layer's weight is the
-    outer product d_i h_i^T of the layer's output gradient d_i = dl_i/dz_i and its input h_i,
-    so sum_i g_i**2 = (d**2)^T (h**2), one batched matrix product per layer over the seeds,
-    instead of B materialised per-example gradients. The d_i come from one backward pass of
-    sum_i l_i, in which example i's loss only reaches its own z_i.
-    """
-    n_seeds = next(iter(params.values())).shape[0]
-    h = x if batched_data else x.expand(n_seeds, *x.shape)
-    inputs: list[tuple[str, Tensor, Tensor]] = []  # (layer name, h [S,B,in], z [S,B,out])
-    with torch.enable_grad():
-        for name, module in base.named_children():
-            if isinstance(module, torch.nn.Linear):
-                w = params[f"{name}.weight"].detach()
-                z = h @ w.transpose(1, 2)
-                if module.bias is not None:
-                    z = z + params[f"{name}.bias"].detach().unsqueeze(1)
-                if not z.requires_grad:  # the first layer: start the graph here
-                    z = z.requires_grad_(True)
-                inputs.append((name, h.detach(), z))
-                h = z
-            else:
-                h = module(h)
-        out = h.reshape(-1, *h.shape[2:])
-        target = y.reshape(-1, *y.shape[2:]) if batched_data else y.repeat(
-            n_seeds, *([1] * (y.dim() - 1)))
-        zs = [z for _, _, z in inputs]
-        grads = torch.autograd.grad(problem.per_example_loss_fn(out, target).sum(), zs)
-    sums: dict[str, Tensor] = {}
-    for (name, h_in, _), d in zip(inputs, grads, strict=True):
-        d2 = d.square()
-        sums[f"{name}.weight"] = d2.transpose(1, 2) @ h_in.square()
-        if f"{name}.bias" in params:
-            sums[f"{name}.bias"] = d2.sum(dim=1)
-    return sums
-
-
 def _per_example_sumsq(
     problem: Problem,
     base: torch.nn.Module,
@@ -405,36 +345,15 @@ def _per_example_sumsq(
     y: Tensor,
     batched_data: bool,
 ) -> dict[str, Tensor]:
-    """sum_i g_i**2 per seed, size [S, ...] per parameter, per-example-loss convention.
+    """sum_i g_i**2 per seed, size [S, ...] per parameter, per-example-loss convention
+    (:func:`synaprune.probes.per_example_sums`: the closed form for MLPs, vmap otherwise).
 
     ``x``/``y`` are [B, ...] shared by all seeds, or [S, B, ...] when ``batched_data``.
-    Examples are processed in chunks so that at most ``_STATS_ELEMENTS`` per-example gradient
-    entries exist at once; MLPs take the closed form of :func:`_sequential_sumsq` instead.
     """
-    if _closed_form_applies(base, buffers, x, batched_data):
-        return _sequential_sumsq(problem, base, params, x, y, batched_data)  # type: ignore[arg-type]
-
-    def one_example(p: dict[str, Tensor], b: dict[str, Tensor], xi: Tensor,
-                    yi: Tensor) -> Tensor:
-        out = functional_call(base, (p, b), (xi.unsqueeze(0),))
-        return problem.per_example_loss_fn(out, yi.unsqueeze(0)).sum()
-
-    per_ex = vmap(grad(one_example), in_dims=(None, None, 0, 0))
-    dim = 0 if batched_data else None
-    per_seed_ex = vmap(per_ex, in_dims=(0, 0, dim, dim))
     n_seeds = next(iter(params.values())).shape[0]
-    n_params = sum(v[0].numel() for v in params.values())
-    n_ex = x.shape[1] if batched_data else x.shape[0]
-    chunk = max(1, _STATS_ELEMENTS // max(1, n_seeds * n_params))
-    detached = {k: v.detach() for k, v in params.items()}
-    sums = {k: torch.zeros_like(v) for k, v in detached.items()}
-    for lo in range(0, n_ex, chunk):
-        xs = x[:, lo:lo + chunk] if batched_data else x[lo:lo + chunk]
-        ys = y[:, lo:lo + chunk] if batched_data else y[lo:lo + chunk]
-        g = per_seed_ex(detached, buffers, xs, ys)
-        for k in sums:
-            sums[k] += g[k].square().sum(dim=1)
-    return sums
+    sumsq, _ = per_example_sums(base, params, x, y, problem.per_example_loss_fn,
+                                buffers=buffers, num_models=n_seeds, batched_data=batched_data)
+    return sumsq
 
 
 def _fill_and_mask(params: dict[str, Tensor], active: Tensor) -> None:

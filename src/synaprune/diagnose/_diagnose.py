@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
 from synaprune.curvature import (
     ConvergenceWarning,
@@ -24,7 +24,7 @@ from synaprune.curvature import (
 )
 from synaprune.diagnose._report import Diagnosis, Finding, LayerReport
 from synaprune.optim import cancellation as coordinate_cancellation
-from synaprune.probes import probes_paused
+from synaprune.probes import per_example_sums, probes_paused
 
 # ---------------------------------------------------------------------------------- thresholds
 # A loss at or below this is treated as zero when used as a scale (avoids dividing by 0 at a
@@ -387,32 +387,27 @@ def _cancellation(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
                   params: list[Tensor]) -> tuple[float, float]:
     """||gbar|| / sqrt(mean_i ||g_i||^2) and the share of coordinates with c < CANCELLED_C.
 
-    Per-example gradients g_i = grad of loss_fn(model(x_i), y_i) (a batch of one) by
-    ``torch.func.vmap`` over ``torch.func.grad``, in chunks of at most ~2**22 numbers, summed
-    into sum_i g_i and sum_i g_i^2 (independent of any PerExampleGradStats on the model).
+    Per-example gradients g_i = grad of loss_fn(model(x_i), y_i) (a batch of one), summed into
+    sum_i g_i and sum_i g_i^2 by :func:`synaprune.probes.per_example_sums` (the closed form for
+    an MLP, vmap over examples otherwise, in chunks of at most ~2**22 numbers). It calls the
+    model functionally, so it is independent of any PerExampleGradStats on the model.
     """
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = dict(model.named_buffers())
-    values = tuple(p.detach() for p in params)
 
-    def one(ps: tuple[Tensor, ...], xi: Tensor, yi: Tensor) -> Tensor:
-        state = {**frozen, **buffers, **dict(zip(names, ps, strict=True))}
-        out = functional_call(model, state, (xi.unsqueeze(0),))
-        return loss_fn(out, yi.unsqueeze(0))
+    def per_example_loss(out: Tensor, target: Tensor) -> Tensor:
+        # l_i: loss_fn on a batch of one, for every row
+        return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, target)
 
-    per_example = vmap(grad(one), in_dims=(None, 0, 0))
-    n = sum(v.numel() for v in values)
-    chunk = max(1, 2**22 // max(n, 1))
-    total = [torch.zeros_like(v) for v in values]
-    sumsq = [torch.zeros_like(v) for v in values]
+    sumsq_by_name, total_by_name = per_example_sums(
+        model, dict(zip(names, params, strict=True)), x, y, per_example_loss,
+        buffers={**frozen, **dict(model.named_buffers())}, with_sum=True,
+        chunk_elements=2**22)
+    assert total_by_name is not None
+    sumsq = [sumsq_by_name[k] for k in names]
     batch = int(x.shape[0])
-    for start in range(0, batch, chunk):
-        gs = per_example(values, x[start:start + chunk], y[start:start + chunk])
-        for t, s2, g in zip(total, sumsq, gs, strict=True):
-            t.add_(g.sum(0))
-            s2.add_(g.pow(2).sum(0))
-    gbar = [t / batch for t in total]
+    n = sum(v.numel() for v in params)
+    gbar = [total_by_name[k] / batch for k in names]
     gbar_sq = float(sum(g.double().pow(2).sum() for g in gbar))
     rms = math.sqrt(float(sum(s2.double().sum() for s2 in sumsq)) / batch)
     canc = math.sqrt(gbar_sq) / rms if rms > 0 else 1.0

@@ -1,8 +1,9 @@
-"""The base update that SynaPrune's direction feeds: SGD with momentum, or Adam.
+"""The base update that SynaPrune's direction feeds: SGD with momentum, Adam or AdamW.
 
 These are functional, per-tensor updates that perform exactly the operations of
-``torch.optim.SGD`` and ``torch.optim.Adam`` on the CPU (their single-tensor code path), so that
-SynaPrune with every mechanism off reproduces them bit for bit; a test holds them to it.
+``torch.optim.SGD``, ``torch.optim.Adam`` and ``torch.optim.AdamW`` on the CPU (their
+single-tensor code path), so that SynaPrune with every mechanism off reproduces them bit for
+bit; a test holds them to it.
 State lives in the per-parameter dict the optimizer owns, under torch's own key names
 (``momentum_buffer``, ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``).
 """
@@ -60,14 +61,18 @@ def adam_update(
     eps: float,
     weight_decay: float,
     amsgrad: bool,
+    decoupled_weight_decay: bool = False,
 ) -> None:
-    """One Adam step in place, with torch's bias correction and L2 (not decoupled) weight decay.
+    """One Adam step in place, with torch's bias correction.
 
     Args:
         param: the parameter, updated in place.
         direction: the update direction d.
         state: the parameter's optimizer state; created on first use.
         lr, betas, eps, weight_decay, amsgrad: as in ``torch.optim.Adam``.
+        decoupled_weight_decay: False: L2 weight decay, d + weight_decay * p enters the moments
+            (``torch.optim.Adam``); True: p <- p * (1 - lr * weight_decay) before the moments,
+            which see d alone (``torch.optim.AdamW``, Loshchilov & Hutter 2019).
     """
     beta1, beta2 = betas
     if not state:
@@ -83,7 +88,10 @@ def adam_update(
     step_t += 1
     d = direction
     if weight_decay != 0:
-        d = d.add(param, alpha=weight_decay)
+        if decoupled_weight_decay:
+            param.mul_(1 - lr * weight_decay)
+        else:
+            d = d.add(param, alpha=weight_decay)
     exp_avg.lerp_(d, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
     step = step_t.item()

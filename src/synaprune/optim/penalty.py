@@ -18,6 +18,11 @@ All gradients are computed when the penalised loss is built: one first-order pas
 and one double-backward pass of the penalty. The returned loss feeds their sum straight to the
 parameters, and the penalty's share of ``p.grad`` is recorded in ``p.grad_extra`` so the optimizer
 can aggregate the data gradient alone.
+
+The penalty's math has one implementation, :func:`activation_term` and :func:`stabiliser`, for
+one model or for S stacked models (``num_models=S``, the stacked-mode convention of
+:mod:`synaprune.optim`); :class:`ActivationGradientPenalty` and the lab's seed-batched
+:class:`synaprune.bench.penalty.StackedPenalty` both call them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,73 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.Hardtanh, nn.Mish,
 )
 WEIGHTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _per_model(t: Tensor, num_models: int | None) -> Tensor:
+    """``t`` flattened per model: [n] for one model, [S, n] for S stacked models."""
+    return t.reshape(-1) if num_models is None else t.reshape(num_models, -1)
+
+
+def activation_term(grads: Sequence[Tensor | None], *, reduction: str = "mean",
+                    num_models: int | None = None) -> Tensor:
+    """(1/B) sum_i sum_l ||d l_i / d h_{l,i}||^2 from the batched gradients dL/dh_l.
+
+    For a feedforward net example i's loss reaches only its own h_{l,i}, so one backward pass of
+    the batch loss L gives every per-example activation gradient: for a mean-reduced loss
+    dL/dh_{l,i} = (1/B) dl_i/dh_{l,i}, hence (1/B) sum_i ||dl_i/dh_{l,i}||^2 = B ||dL/dh_l||^2.
+    For a sum-reduced loss the term is B times larger, as the loss is, sum_i ||dl_i/dh_{l,i}||^2
+    = ||dL/dh_l||^2, so both reductions give the same penalised trajectory up to that factor.
+
+    Args:
+        grads: dL/dh_l per hidden layer (None: the loss does not reach that layer), each of size
+            [B, ...] for one model, or [S, B, ...] for S stacked models, L then being the sum of
+            the models' losses (the models do not interact, so model s's slice is its own).
+        reduction: ``"mean"`` or ``"sum"``, the reduction of each model's data loss over its
+            batch.
+        num_models: S for stacked models, None for one.
+
+    Returns:
+        A 0-d tensor, or a tensor of size [S] (one term per model); zeros if every grad is None.
+    """
+    batch_dim = 0 if num_models is None else 1
+    total: Tensor | None = None
+    for g in grads:
+        if g is None:
+            continue
+        scale = g.shape[batch_dim] if reduction == "mean" else 1.0
+        term = scale * _per_model(g, num_models).square().sum(-1)
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros(() if num_models is None else (num_models,))
+    return total
+
+
+def weight_norms(weights: Sequence[Tensor], *, num_models: int | None = None) -> list[Tensor]:
+    """The Frobenius norms ||W_l||_F (detached): 0-d tensors, or [S] for stacked models; the
+    stabiliser's c_l when taken at initialisation."""
+    return [torch.linalg.vector_norm(_per_model(w.detach(), num_models), dim=-1)
+            for w in weights]
+
+
+def stabiliser(weights: Sequence[Tensor], init_norms: Sequence[Tensor | float], gamma: float, *,
+               num_models: int | None = None) -> Tensor:
+    """gamma * sum_l relu(c_l - ||W_l||_F)^2: holds each weight's norm at least at c_l.
+
+    Args:
+        weights: the W_l, each [...] for one model or [S, ...] for S stacked models.
+        init_norms: the c_l, floats or 0-d tensors for one model, [S] tensors for stacked ones
+            (see :func:`weight_norms`).
+        gamma: the weight of the stabiliser (>= 0).
+        num_models: S for stacked models, None for one.
+
+    Returns:
+        A 0-d tensor, or [S] (one per model); zeros without weights (e.g. a sum of Gaussians).
+    """
+    if not weights:
+        return torch.zeros(() if num_models is None else (num_models,))
+    terms = [torch.relu(c - torch.linalg.vector_norm(_per_model(w, num_models), dim=-1)).square()
+             for w, c in zip(weights, init_norms, strict=True)]
+    return gamma * torch.stack(terms).sum(0)
 
 
 class _FeedGrad(torch.autograd.Function):
@@ -126,29 +198,14 @@ class ActivationGradientPenalty:
         self._captured.clear()
 
     def stabiliser(self) -> Tensor:
-        """gamma * sum_l relu(c_l - ||W_l||_F)^2, a scalar tensor."""
-        terms = [torch.relu(c - w.norm()) ** 2 for w, c in zip(self.weights, self.init_norms,
-                                                                 strict=True)]
-        if not terms:  # no Linear/Conv weight (e.g. a sum of Gaussians): nothing to hold
-            return self.params[0].new_zeros(())
-        return self.gamma * torch.stack(terms).sum()
+        """gamma * sum_l relu(c_l - ||W_l||_F)^2, a scalar tensor (see :func:`stabiliser`)."""
+        return stabiliser(self.weights, self.init_norms, self.gamma).to(self.params[0])
 
     def _activation_term(self, hidden: Sequence[Tensor],
                          grads: Sequence[Tensor | None]) -> Tensor:
-        """(1/B) sum_i sum_l ||d l_i / d h_{l,i}||^2 from the batched gradients dL/dh_l.
-
-        In the scale of the loss: for a sum-reduced loss the term is B times larger, as the loss
-        is, so mean and sum reduction give the same penalised trajectory up to that factor.
-        """
-        total = hidden[0].new_zeros(())
-        for h, g in zip(hidden, grads, strict=True):
-            if g is None:
-                continue
-            # mean: dL/dh_i = (1/B) dl_i/dh_i, so (1/B) sum_i ||dl_i/dh_i||^2 = B ||dL/dh||^2.
-            # sum: the term is B times larger, like the loss itself: sum_i ||dl_i/dh_i||^2.
-            scale = h.shape[0] if self.reduction == "mean" else 1.0
-            total = total + scale * g.pow(2).sum()
-        return total
+        """(1/B) sum_i sum_l ||d l_i / d h_{l,i}||^2, in the loss's scale (see
+        :func:`activation_term`)."""
+        return activation_term(grads, reduction=self.reduction).to(hidden[0])
 
     def __call__(self, loss: Tensor) -> Tensor:
         """Return loss + penalty + stabiliser for the forward pass that produced ``loss``.

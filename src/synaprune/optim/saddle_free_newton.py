@@ -36,6 +36,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from synaprune.optim._stacked import check_num_models, check_stacked
+
 __all__ = ["SaddleFreeNewton"]
 
 
@@ -73,17 +75,17 @@ class SaddleFreeNewton(Optimizer):
     the current parameters alone). The attributes ``ritz_values`` and ``krylov_dims`` report
     the last step (diagnostics, not state).
 
-    Stacked mode (the lab's seed batching, as in :class:`synaprune.SynaPrune`): with
-    ``num_models=S`` every parameter is a stacked [S, ...] tensor of S independent models and the
-    closure returns the SUM of the S models' losses. The Hessian of that sum is block diagonal,
-    so one Hessian-vector product of the sum gives every model its own H_s v_s; the S Lanczos
-    recursions run together (dot products and norms per model, T of size [S, k, k], one batched
-    ``eigh``). A model whose Krylov space closed early gets zero further basis vectors and, in
-    T, a dummy diagonal entry larger than its spectrum: its coefficient Q^T V^T g there is zero,
-    so it contributes nothing and cannot mix with the model's true Ritz values. A model with a
-    zero gradient takes a zero step; one with a non-finite gradient or curvature gets a NaN
-    step (as plain gradient descent would), without touching the other models. The result for
-    model s equals a single-model optimizer on model s alone, to rounding.
+    Stacked mode (``num_models=S``, the convention of every optimizer in :mod:`synaprune.optim`,
+    ``synaprune/optim/_stacked.py``): every parameter is a stacked [S, ...] tensor of S independent
+    models and the closure returns the SUM of the S models' losses. The Hessian of that sum is block
+    diagonal, so one Hessian-vector product of the sum gives every model its own H_s v_s; the S
+    Lanczos recursions run together (dot products and norms per model, T of size [S, k, k], one
+    batched ``eigh``). A model whose Krylov space closed early gets zero further basis vectors and,
+    in T, a dummy diagonal entry larger than its spectrum: its coefficient Q^T V^T g there is zero,
+    so it contributes nothing and cannot mix with the model's true Ritz values. A model with a zero
+    gradient takes a zero step; one with a non-finite gradient or curvature gets a NaN step (as
+    plain gradient descent would), without touching the other models. The result for model s equals
+    a single-model optimizer on model s alone, to rounding.
 
     Args:
         params: the parameters (an iterable of tensors, or one dict as a parameter group), all
@@ -137,10 +139,7 @@ class SaddleFreeNewton(Optimizer):
             isinstance(max_step, (int, float)) and math.isfinite(max_step) and max_step > 0.0
         ):
             raise ValueError(f"Invalid max_step: {max_step}; must be a finite value > 0 or None")
-        if num_models is not None and (
-            isinstance(num_models, bool) or not isinstance(num_models, int) or num_models < 1
-        ):
-            raise ValueError(f"Invalid num_models: {num_models}; must be an int >= 1 or None")
+        check_num_models(num_models)
         defaults = dict(lr=lr, damping=damping, krylov_dim=krylov_dim, max_step=max_step)
         super().__init__(params, defaults)
         self.num_models = num_models
@@ -153,10 +152,7 @@ class SaddleFreeNewton(Optimizer):
                 raise ValueError(
                     f"Invalid parameter {i}: {p.dtype} on {p.device}, but parameter 0 is "
                     f"{first.dtype} on {first.device}; all must agree")
-            if num_models is not None and (p.dim() == 0 or p.shape[0] != num_models):
-                raise ValueError(
-                    f"Invalid parameter {i}: num_models={num_models} means stacked models "
-                    f"along dim 0, but it has shape {tuple(p.shape)}")
+        check_stacked(flat, num_models)
         # Diagnostics of the last step: Ritz values ([S, k], NaN past a model's Krylov
         # dimension; [k] for one model) and the Krylov dimension reached ([S] or a 0-d tensor).
         self.ritz_values: Tensor | None = None

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
+from synaprune.optim._stacked import check_stacked, resolve_generators
 from synaprune.optim.aggregation import AGGREGATIONS, aggregate
 from synaprune.optim.base import adam_update, sgd_update
 from synaprune.optim.noise import NOISE_TRIGGERS, StallTrigger, add_weight_noise
@@ -32,49 +33,128 @@ from synaprune.optim.schedules import (
     noise_scale,
 )
 
-BASES = ("sgd", "adam")
+BASES = ("sgd", "adam", "adamw")
 # Attributes that PerExampleGradStats and ActivationGradientPenalty leave on parameters.
 _STAT_ATTRS = ("grad_sumsq", "grad_batch_size", "grad_extra")
 
+# The effective values of options left unset (None); weight_decay and blend depend on other
+# options (see SynaPrune.add_param_group). An option is None by default exactly when it only has
+# an effect under another option's value, so that setting it without that value can be refused.
+_DEFAULTS: dict[str, Any] = dict(
+    betas=(0.9, 0.999), eps=1e-8, noise_decay=0.999, noise_gamma=0.55, noise_eps=1e-8,
+    stall_threshold=1e-3, stall_steps=10, noise_cooldown=50,
+)
+
+
+def _check_consistent(options: dict[str, Any]) -> None:
+    """Raise ValueError when an option is set that the other options make ineffective.
+
+    "Set" means not None for the options that default to None, and a value that does something
+    (momentum > 0, nesterov, amsgrad, a schedule other than constant...) for the others.
+    """
+    def refuse(what: str, why: str, fix: str) -> None:
+        raise ValueError(f"Contradictory options: {what} {why}; {fix}")
+
+    base, agg = options.get("base", "sgd"), options.get("aggregation", "mean")
+    if base == "sgd":
+        unused = [k for k in ("betas", "eps") if options.get(k) is not None]
+        unused += ["amsgrad"] if options.get("amsgrad") else []
+        if unused:
+            refuse(", ".join(unused), "only act on base='adam' or 'adamw', not base='sgd'",
+                   "choose base='adam'/'adamw' or drop them")
+    else:
+        unused = [k for k in ("momentum", "dampening") if options.get(k)]
+        unused += ["nesterov"] if options.get("nesterov") else []
+        if unused:
+            refuse(", ".join(unused), f"only act on base='sgd', not base={base!r}",
+                   "choose base='sgd' or drop them (Adam's momentum is betas[0])")
+    blend = options.get("blend")
+    if blend is not None and agg != "blend":
+        refuse(f"blend={blend} with aggregation={agg!r}",
+               "has no effect (" + ("'rms' is blend=1" if agg == "rms" else "'mean' is blend=0")
+               + ")", f"use aggregation='blend', blend={blend}, or drop blend")
+    if agg == "mean" and (options.get("blend_schedule", "constant") != "constant"
+                          or options.get("blend_steps") is not None):
+        refuse("blend_schedule/blend_steps with aggregation='mean'",
+               "have no effect (they decay the weight of 'rms' or 'blend')",
+               "choose aggregation='rms' or 'blend', or drop them")
+    if (options.get("blend_schedule", "constant") == "constant"
+            and options.get("blend_steps") is not None):
+        refuse(f"blend_steps={options['blend_steps']} with blend_schedule='constant'",
+               "has no effect", "choose blend_schedule='linear' or 'cosine', or drop blend_steps")
+    noise_options = [k for k in ("noise_decay", "noise_gamma", "noise_eps", "noise_clip",
+                                 "stall_threshold", "stall_steps", "noise_cooldown")
+                     if options.get(k) is not None]
+    noise_options += [k for k, off in (("noise_schedule", "constant"),
+                                       ("noise_trigger", "always"))
+                      if options.get(k, off) != off]
+    if not options.get("noise", 0.0) and noise_options:
+        refuse(", ".join(sorted(noise_options)) + " with noise=0",
+               "have no effect (noise=0 turns weight noise off)",
+               "set noise > 0 or drop them")
+    schedule = options.get("noise_schedule", "constant")
+    for name, needs in (("noise_decay", "exponential"), ("noise_gamma", "anneal")):
+        if options.get(name) is not None and schedule != needs:
+            refuse(f"{name} with noise_schedule={schedule!r}", "has no effect",
+                   f"choose noise_schedule={needs!r} or drop {name}")
+    stall = [k for k in ("stall_threshold", "stall_steps", "noise_cooldown")
+             if options.get(k) is not None]
+    if stall and options.get("noise_trigger", "always") != "stall":
+        refuse(", ".join(stall) + " with noise_trigger='always'", "have no effect",
+               "choose noise_trigger='stall' or drop them")
+
 
 class SynaPrune(Optimizer):
-    r"""SGD or Adam driven by SynaPrune's aggregated direction, with optional weight noise.
+    r"""SGD, Adam or AdamW driven by SynaPrune's aggregated direction, with optional weight noise.
 
-    With ``aggregation="mean"`` and ``noise=0`` it is ``torch.optim.SGD`` (``base="sgd"``) or
-    ``torch.optim.Adam`` (``base="adam"``), bit for bit on the CPU.
+    With ``aggregation="mean"`` and ``noise=0`` it is ``torch.optim.SGD`` (``base="sgd"``),
+    ``torch.optim.Adam`` (``base="adam"``) or ``torch.optim.AdamW`` (``base="adamw"``), bit for
+    bit on the CPU.
 
     ``aggregation="rms"`` or ``"blend"`` needs per-example statistics: attach
     :class:`synaprune.PerExampleGradStats` to the model before the forward pass. Momentum follows
     torch's convention (v <- mu v + (1 - dampening) d; p <- p - lr v), not Sutskever's.
 
+    Options that another option makes ineffective are refused (ValueError naming both), not
+    ignored: e.g. ``blend`` unless ``aggregation="blend"``, ``blend_schedule``/``blend_steps``
+    with ``aggregation="mean"``, any noise option with ``noise=0``, ``noise_decay`` unless
+    ``noise_schedule="exponential"``, ``noise_gamma`` unless ``"anneal"``, the stall options
+    unless ``noise_trigger="stall"``, ``momentum``/``dampening``/``nesterov`` with an Adam base,
+    ``betas``/``eps``/``amsgrad`` with SGD. That is why those options default to None (unset);
+    the value used when unset is given below in brackets.
+
     Args:
         params: iterable of parameters or dicts defining parameter groups.
         lr: learning rate (> 0 is not required: 0 is allowed; negative is not).
-        base: ``"sgd"`` or ``"adam"``.
-        momentum, dampening, nesterov, weight_decay: as in ``torch.optim.SGD`` (weight decay also
-            applies to Adam, as L2 in the gradient like ``torch.optim.Adam``).
-        betas, eps, amsgrad: as in ``torch.optim.Adam``.
+        base: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        momentum, dampening, nesterov: as in ``torch.optim.SGD`` (base ``"sgd"`` only).
+        weight_decay: as in torch: L2 in the gradient for ``"sgd"`` and ``"adam"`` [0];
+            decoupled, p <- p * (1 - lr * weight_decay), for ``"adamw"`` [1e-2, torch's].
+        betas, eps, amsgrad: as in ``torch.optim.Adam`` [(0.9, 0.999), 1e-8, False].
         aggregation: ``"mean"`` (d = gbar), ``"rms"`` (d = sign(gbar) * r) or ``"blend"``
             (d = gbar + lam * sign(gbar) * (r - |gbar|)).
-        blend: lam in [0, 1] for ``"blend"`` (``"rms"`` is lam = 1, ``"mean"`` lam = 0).
+        blend: lam in [0, 1] for ``"blend"`` [1] (``"rms"`` is lam = 1, ``"mean"`` lam = 0).
         blend_schedule: ``"constant"``, ``"linear"`` or ``"cosine"`` decay of lam to 0 (back to
             ``mean``) over ``blend_steps`` steps; applies to ``"rms"`` and ``"blend"``.
-        blend_steps: length of the decay.
+        blend_steps: length of the decay (needed by ``"linear"`` and ``"cosine"``).
         noise: sigma_0, the relative weight-noise scale; 0 turns mechanism B off.
         noise_schedule: ``"constant"``, ``"exponential"`` (sigma_0 * noise_decay**t) or
             ``"anneal"`` (variance sigma_0**2 / (1 + t)**noise_gamma).
-        noise_decay, noise_gamma: parameters of those schedules.
-        noise_eps: eps0, so that zero weights still move.
+        noise_decay, noise_gamma: parameters of those schedules [0.999, 0.55].
+        noise_eps: eps0, so that zero weights still move [1e-8].
         noise_clip: cap on the relative kick |sigma_t * xi| per coordinate (the guard against
             multiplicative blow-up); None for no cap.
         noise_trigger: ``"always"`` or ``"stall"``: kick only after the gradient norm stayed below
-            ``stall_threshold`` for ``stall_steps`` steps, then wait ``noise_cooldown`` steps.
-        generator: ``torch.Generator`` for the noise; or give ``seed``. Without either, a seed is
-            drawn from torch's global generator, so ``torch.manual_seed`` makes runs repeatable.
-            A sequence of S generators switches on *stacked* mode, for training S independent
-            models at once (the lab's seed batching): dim 0 of every parameter indexes the
-            models; gradient norms and stall triggers are per model, and model s draws its noise
-            from generator s exactly as a single model with that generator would.
+            ``stall_threshold`` [1e-3] for ``stall_steps`` [10] steps, then wait
+            ``noise_cooldown`` [50] steps.
+        generator: ``torch.Generator`` for the noise (in stacked mode, a sequence of
+            ``num_models`` of them); or give ``seed`` (model s of a stack gets ``seed + s``).
+            Without either, seeds are drawn from torch's global generator, so
+            ``torch.manual_seed`` makes runs repeatable.
+        num_models: stacked mode, S independent models at once (the lab's seed batching): every
+            parameter is [S, ...]; gradient norms and stall triggers are per model. The
+            convention shared by every optimizer of :mod:`synaprune.optim` is in
+            ``synaprune/optim/_stacked.py``. None: one model.
         distributed: sum per-example statistics over ``torch.distributed`` ranks before
             aggregating. ``None`` means: when a process group is initialised. Gradients
             themselves are expected to be averaged already (as DistributedDataParallel does),
@@ -102,26 +182,27 @@ class SynaPrune(Optimizer):
         momentum: float = 0.0,
         dampening: float = 0.0,
         nesterov: bool = False,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        weight_decay: float | None = None,
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
         amsgrad: bool = False,
         aggregation: str = "mean",
-        blend: float = 1.0,
+        blend: float | None = None,
         blend_schedule: str = "constant",
         blend_steps: int | None = None,
         noise: float = 0.0,
         noise_schedule: str = "constant",
-        noise_decay: float = 0.999,
-        noise_gamma: float = 0.55,
-        noise_eps: float = 1e-8,
+        noise_decay: float | None = None,
+        noise_gamma: float | None = None,
+        noise_eps: float | None = None,
         noise_clip: float | None = None,
         noise_trigger: str = "always",
-        stall_threshold: float = 1e-3,
-        stall_steps: int = 10,
-        noise_cooldown: int = 50,
+        stall_threshold: float | None = None,
+        stall_steps: int | None = None,
+        noise_cooldown: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | None = None,
+        num_models: int | None = None,
         distributed: bool | None = None,
     ) -> None:
         if not lr >= 0.0:
@@ -132,18 +213,19 @@ class SynaPrune(Optimizer):
             raise ValueError(f"Invalid momentum value: {momentum}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Invalid nesterov: requires momentum > 0 and zero dampening")
-        if not weight_decay >= 0.0:
+        if weight_decay is not None and not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not eps >= 0.0:
+        if betas is not None:
+            if not 0.0 <= betas[0] < 1.0:
+                raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+            if not 0.0 <= betas[1] < 1.0:
+                raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if eps is not None and not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"Invalid aggregation: {aggregation!r}; expected one of "
                              f"{AGGREGATIONS}")
-        if not 0.0 <= blend <= 1.0:
+        if blend is not None and not 0.0 <= blend <= 1.0:
             raise ValueError(f"Invalid blend: {blend}; must be in [0, 1]")
         if blend_schedule not in BLEND_SCHEDULES:
             raise ValueError(f"Invalid blend_schedule: {blend_schedule!r}; expected one of "
@@ -156,26 +238,27 @@ class SynaPrune(Optimizer):
         if noise_schedule not in NOISE_SCHEDULES:
             raise ValueError(f"Invalid noise_schedule: {noise_schedule!r}; expected one of "
                              f"{NOISE_SCHEDULES}")
-        if not 0.0 < noise_decay <= 1.0:
+        if noise_decay is not None and not 0.0 < noise_decay <= 1.0:
             raise ValueError(f"Invalid noise_decay: {noise_decay}; must be in (0, 1]")
-        if not noise_gamma >= 0.0:
+        if noise_gamma is not None and not noise_gamma >= 0.0:
             raise ValueError(f"Invalid noise_gamma: {noise_gamma}; must be >= 0")
-        if not noise_eps >= 0.0:
+        if noise_eps is not None and not noise_eps >= 0.0:
             raise ValueError(f"Invalid noise_eps: {noise_eps}; must be >= 0")
         if noise_clip is not None and not noise_clip > 0.0:
             raise ValueError(f"Invalid noise_clip: {noise_clip}; must be > 0 or None")
         if noise_trigger not in NOISE_TRIGGERS:
             raise ValueError(f"Invalid noise_trigger: {noise_trigger!r}; expected one of "
                              f"{NOISE_TRIGGERS}")
-        if not stall_threshold >= 0.0:
+        if stall_threshold is not None and not stall_threshold >= 0.0:
             raise ValueError(f"Invalid stall_threshold: {stall_threshold}; must be >= 0")
-        if stall_steps < 1:
+        if stall_steps is not None and stall_steps < 1:
             raise ValueError(f"Invalid stall_steps: {stall_steps}; must be >= 1")
-        if noise_cooldown < 0:
+        if noise_cooldown is not None and noise_cooldown < 0:
             raise ValueError(f"Invalid noise_cooldown: {noise_cooldown}; must be >= 0")
-        if generator is not None and seed is not None:
-            raise ValueError("Invalid seed: give either generator or seed, not both")
+        generators = resolve_generators(generator, num_models, seed)
 
+        # Options left unset (None) stay None in the defaults, so that a parameter group can
+        # set them; add_param_group fills in the effective values per group.
         defaults = dict(
             lr=lr, base=base, momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=weight_decay, betas=betas, eps=eps, amsgrad=amsgrad,
@@ -185,30 +268,34 @@ class SynaPrune(Optimizer):
             noise_clip=noise_clip,
         )
         super().__init__(params, defaults)
-        if generator is None:
-            if seed is None:
-                seed = int(torch.randint(0, 2**62, (1,)).item())
-            generator = torch.Generator().manual_seed(seed)
-        if isinstance(generator, torch.Generator):
-            self.num_models: int | None = None
-            generators = [generator]
-        else:
-            generators = list(generator)
-            if not generators or not all(isinstance(g, torch.Generator) for g in generators):
-                raise ValueError("Invalid generator: expected a torch.Generator or a non-empty "
-                                 "sequence of them (one per stacked model)")
-            self.num_models = len(generators)
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.dim() == 0 or p.shape[0] != self.num_models:
-                        raise ValueError(
-                            f"Invalid generator: {self.num_models} generators mean stacked "
-                            f"models along dim 0, but a parameter has shape {tuple(p.shape)}")
+        self.num_models = num_models
+        check_stacked((p for g in self.param_groups for p in g["params"]), num_models)
+        # The trigger's options are the optimizer's, not a group's: checked against every group.
+        _check_consistent(dict(noise=max(g["noise"] for g in self.param_groups),
+                               noise_trigger=noise_trigger, stall_threshold=stall_threshold,
+                               stall_steps=stall_steps, noise_cooldown=noise_cooldown))
         self.generators = generators
-        self.triggers = [StallTrigger(noise_trigger, stall_threshold, stall_steps,
-                                      noise_cooldown) for _ in generators]
+        self.triggers = [StallTrigger(
+            noise_trigger, _DEFAULTS["stall_threshold"] if stall_threshold is None
+            else stall_threshold, _DEFAULTS["stall_steps"] if stall_steps is None
+            else stall_steps, _DEFAULTS["noise_cooldown"] if noise_cooldown is None
+            else noise_cooldown) for _ in generators]
         self.distributed = distributed
         self.steps = 0  # steps taken; the schedules' t
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group (torch's rules), refusing options that contradict each other
+        and filling in the effective value of every option left unset (None)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_consistent(group)
+        for name, value in _DEFAULTS.items():
+            if name in group and group[name] is None:
+                group[name] = value
+        if group["weight_decay"] is None:  # torch's defaults: AdamW decays, SGD and Adam do not
+            group["weight_decay"] = 1e-2 if group["base"] == "adamw" else 0.0
+        if group["blend"] is None:  # "blend" without a weight is lam = 1 (as "rms")
+            group["blend"] = 1.0
 
     # -- state ------------------------------------------------------------------------------
 
@@ -324,7 +411,8 @@ class SynaPrune(Optimizer):
                 else:
                     adam_update(p, d, state, lr=group["lr"], betas=group["betas"],
                                 eps=group["eps"], weight_decay=group["weight_decay"],
-                                amsgrad=group["amsgrad"])
+                                amsgrad=group["amsgrad"],
+                                decoupled_weight_decay=group["base"] == "adamw")
             if any(kicks) and group["noise"] > 0:
                 sigma = noise_scale(group["noise"], t, schedule=group["noise_schedule"],
                                     decay=group["noise_decay"], gamma=group["noise_gamma"])

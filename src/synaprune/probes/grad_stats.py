@@ -49,6 +49,8 @@ from torch.autograd import Variable
 from torch.func import functional_call, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from synaprune.probes._functional import linear_sumsq
+
 Reduction = Literal["mean", "sum"]
 Quantity = Literal["sumsq", "sqnorm"]
 QUANTITIES: tuple[Quantity, ...] = ("sumsq", "sqnorm")
@@ -343,7 +345,6 @@ class PerExampleGradStats:
         # Records whose graph is still alive, per module (a record lives as long as its hook).
         self._live: dict[nn.Module, weakref.WeakSet[_Record]] = {
             m: weakref.WeakSet() for m in self._own}
-        self._ones_cache: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
         self._pause_depth = 0
         self._computing = False
         self._removed = False
@@ -698,26 +699,23 @@ class PerExampleGradStats:
             return
         d2 = delta.square()  # [B, out]
         dn2 = d2.sum(1).mul_(alpha) if self._sqnorm else None  # [B] alpha ||delta_i||**2
-        if need_w:
-            a2 = a.square()  # [B, in]
-            if self._sqnorm:
+        a2 = a.square() if need_w else None  # [B, in]
+        if self._sqnorm:
+            if need_w:
                 self._put(w, "grad_sqnorm_sum", torch.dot(dn2, a2.sum(1)),  # type: ignore[arg-type]
                           1.0)
-            if self._fresh(w, "grad_sumsq"):  # type: ignore[arg-type]
-                # beta=0: the uninitialised buffer is ignored, not read
-                w.grad_sumsq = torch.empty_like(w).addmm_(  # type: ignore[union-attr]
-                    d2.t(), a2, beta=0, alpha=alpha)
-            else:
-                w.grad_sumsq.addmm_(d2.t(), a2, alpha=alpha)  # type: ignore[union-attr]
-        if need_b:
-            if self._sqnorm:
+            if need_b:
                 self._put(b, "grad_sqnorm_sum", dn2.sum(), 1.0)  # type: ignore[arg-type, union-attr]
-            ones = self._ones(d2.shape[0], d2)  # alpha * sum_i d2_i as one gemv
-            if self._fresh(b, "grad_sumsq"):  # type: ignore[arg-type]
-                b.grad_sumsq = torch.empty_like(b).addmv_(  # type: ignore[union-attr]
-                    d2.t(), ones, beta=0, alpha=alpha)
-            else:
-                b.grad_sumsq.addmv_(d2.t(), ones, alpha=alpha)  # type: ignore[union-attr]
+        ws, bs = linear_sumsq(
+            a2, d2, weight=need_w, bias=need_b, alpha=alpha,
+            out_weight=None if not need_w or self._fresh(w, "grad_sumsq")  # type: ignore[arg-type]
+            else w.grad_sumsq,  # type: ignore[union-attr]
+            out_bias=None if not need_b or self._fresh(b, "grad_sumsq")  # type: ignore[arg-type]
+            else b.grad_sumsq)  # type: ignore[union-attr]
+        if need_w:
+            w.grad_sumsq = ws  # type: ignore[union-attr]
+        if need_b:
+            b.grad_sumsq = bs  # type: ignore[union-attr]
 
     def _chunked_sums(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
                       reduce: Callable[[Tensor], Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
@@ -804,14 +802,6 @@ class PerExampleGradStats:
                 v = _sqdot(dd @ aa.transpose(-1, -2))
             total = v if total is None else total.add_(v)
         self._put(w, "grad_sqnorm_sum", total, alpha)  # type: ignore[arg-type]
-
-    def _ones(self, n: int, like: Tensor) -> Tensor:
-        """A cached vector of n ones with the dtype and device of ``like``."""
-        key = (n, like.dtype, like.device)
-        ones = self._ones_cache.get(key)
-        if ones is None:
-            ones = self._ones_cache[key] = torch.ones(n, dtype=like.dtype, device=like.device)
-        return ones
 
     def _per_example(self, rec: _Record, delta: Tensor,
                      part: slice | None = None) -> list[tuple[Tensor, Tensor]]:

@@ -1,4 +1,4 @@
-"""The lab's noise-based and sharpness-aware baselines as ordinary ``torch.optim`` optimizers.
+"""Noise-based and sharpness-aware baselines as ordinary ``torch.optim`` optimizers.
 
 * :class:`PerturbedGD`: gradient descent with a uniform-ball kick when the gradient is small
   (Jin et al. 2017, "How to escape saddle points efficiently").
@@ -7,29 +7,28 @@
 * :class:`SAM`: sharpness-aware minimisation (Foret et al. 2021): ascend to
   w + rho * g / ||g||, take the gradient there, step from w.
 
-Stacked mode (the lab's seed batching, the same convention as :class:`synaprune.SynaPrune`):
-given ``generator=[g_0, ..., g_{S-1}]`` every parameter's dim 0 indexes S independent models.
-Norms (the gradient norm, SAM's ||g||, the stall test) are computed per model over all of that
-model's slices ``p[s]``; model s draws its noise from ``g_s`` with
-``torch.randn(p.shape[1:], generator=g_s)`` (or ``torch.rand``) parameter by parameter in
-parameter order, so it draws exactly the numbers a single model (``generator=g_s``, plain
-shapes) draws. Per-model state lives in lists of length S and round-trips through
-``state_dict`` together with the generators' states.
+Stacked mode: ``num_models=S``, the convention of every optimizer in :mod:`synaprune.optim`
+(``synaprune/optim/_stacked.py``). Norms (the gradient norm, SAM's ||g||, the stall test) are
+computed per model over all of that model's slices ``p[s]``; model s draws its noise from
+generator s with ``torch.randn(p.shape[1:], generator=g_s)`` (or ``torch.rand``) parameter by
+parameter in parameter order, so it draws exactly the numbers a single model given ``g_s``
+draws. Per-model state lives in lists of length S and round-trips through ``state_dict``
+together with the generators' states.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["SAM", "GradientNoise", "PerturbedGD"]
+from synaprune.optim._stacked import Generators, check_stacked, resolve_generators
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+__all__ = ["SAM", "GradientNoise", "PerturbedGD"]
 
 
 class _PerModel(Optimizer):
@@ -39,26 +38,12 @@ class _PerModel(Optimizer):
     of length S for per-model ones); it is saved in ``state_dict()["per_model"]``.
     """
 
-    def __init__(self, params: Any, defaults: dict[str, Any], generator: Generators) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], generator: Generators,
+                 num_models: int | None) -> None:
         super().__init__(params, defaults)
-        if generator is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            generator = torch.Generator().manual_seed(seed)
-        if isinstance(generator, torch.Generator):
-            self.num_models: int | None = None
-            self.generators = [generator]
-        else:
-            gens = list(generator)
-            if not gens or not all(isinstance(g, torch.Generator) for g in gens):
-                raise ValueError("Invalid generator: expected a torch.Generator or a non-empty "
-                                 "sequence of them (one per stacked model)")
-            self.num_models = len(gens)
-            self.generators = gens
-            for p in self._params():
-                if p.dim() == 0 or p.shape[0] != self.num_models:
-                    raise ValueError(
-                        f"Invalid generator: {self.num_models} generators mean stacked models "
-                        f"along dim 0, but a parameter has shape {tuple(p.shape)}")
+        self.generators = resolve_generators(generator, num_models)
+        self.num_models = num_models
+        check_stacked(self._params(), num_models)
         self.extra: dict[str, Any] = {"steps": 0}
 
     @property
@@ -139,13 +124,14 @@ class PerturbedGD(_PerModel):
     u ~ U[0, 1) (one ``torch.rand(())``); nothing is drawn on steps without a kick.
 
     Args:
-        params: Parameters, or stacked [S, ...] tensors (with S generators).
+        params: Parameters, or stacked [S, ...] tensors (with ``num_models=S``).
         lr: Step size eta.
         radius: Radius r of the kick.
         threshold: g_thres, the gradient-norm threshold.
         t_thres: Steps after a kick during which no kick happens.
         generator: A ``torch.Generator``, a sequence of S of them (stacked mode), or None (a
-            seed drawn from torch's global generator).
+            seed per model drawn from torch's global generator).
+        num_models: S for stacked mode (parameters [S, ...]), or None for one model.
 
     Example:
         >>> w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
@@ -158,7 +144,7 @@ class PerturbedGD(_PerModel):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1, *,
                  radius: float = 0.1, threshold: float = 1e-3, t_thres: int = 50,
-                 generator: Generators = None) -> None:
+                 generator: Generators = None, num_models: int | None = None) -> None:
         _check_common(lr, 0.0)
         if not (math.isfinite(radius) and radius >= 0.0):
             raise ValueError(f"Invalid radius: {radius}; must be a finite value >= 0")
@@ -167,7 +153,7 @@ class PerturbedGD(_PerModel):
         if t_thres < 0:
             raise ValueError(f"Invalid t_thres: {t_thres}; must be >= 0")
         super().__init__(params, dict(lr=lr, radius=radius, threshold=threshold,
-                                      t_thres=t_thres), generator)
+                                      t_thres=t_thres), generator, num_models)
         if len(self.param_groups) != 1:
             raise ValueError("Invalid params: PerturbedGD takes one parameter group (the ball "
                              "is over all parameters)")
@@ -217,12 +203,13 @@ class GradientNoise(_PerModel):
     every step, parameter by parameter, ``torch.randn(shape, generator=...)``.
 
     Args:
-        params: Parameters, or stacked [S, ...] tensors (with S generators).
+        params: Parameters, or stacked [S, ...] tensors (with ``num_models=S``).
         lr: Step size.
         eta: Initial noise variance eta.
         gamma: Decay exponent of the variance.
         momentum: Heavy-ball momentum in [0, 1).
         generator: As for :class:`PerturbedGD`.
+        num_models: S for stacked mode (parameters [S, ...]), or None for one model.
 
     Example:
         >>> w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
@@ -235,14 +222,14 @@ class GradientNoise(_PerModel):
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1, *,
                  eta: float = 0.01, gamma: float = 0.55, momentum: float = 0.0,
-                 generator: Generators = None) -> None:
+                 generator: Generators = None, num_models: int | None = None) -> None:
         _check_common(lr, momentum)
         if not (math.isfinite(eta) and eta >= 0.0):
             raise ValueError(f"Invalid eta: {eta}; must be a finite value >= 0")
         if not (math.isfinite(gamma) and gamma >= 0.0):
             raise ValueError(f"Invalid gamma: {gamma}; must be a finite value >= 0")
         super().__init__(params, dict(lr=lr, eta=eta, gamma=gamma, momentum=momentum),
-                         generator)
+                         generator, num_models)
 
     def sigma(self, t: int, group: int = 0) -> float:
         """Noise standard deviation sigma_t = sqrt(eta / (1 + t)**gamma) of a group."""
@@ -287,14 +274,14 @@ class SAM(_PerModel):
     2. w <- w + e, then ``closure()`` leaves g_sam = grad L(w + e) in ``p.grad``;
     3. w is restored exactly, and v <- momentum * v + g_sam, w <- w - lr * v.
 
-    Deterministic: the generators are accepted (for a uniform interface) but never drawn from.
+    Deterministic: it draws no random numbers.
 
     Args:
-        params: Parameters, or stacked [S, ...] tensors (with S generators).
+        params: Parameters, or stacked [S, ...] tensors (with ``num_models=S``).
         lr: Step size.
         rho: Radius of the ascent step.
         momentum: Heavy-ball momentum in [0, 1).
-        generator: Only its length matters (S in stacked mode); None is allowed.
+        num_models: S for stacked mode (parameters [S, ...]), or None for one model.
 
     Returns of step: the closure's loss, at the perturbed point w + e.
 
@@ -311,13 +298,14 @@ class SAM(_PerModel):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.1, *,
-                 rho: float = 0.05, momentum: float = 0.0, generator: Generators = None) -> None:
+                 rho: float = 0.05, momentum: float = 0.0, num_models: int | None = None) -> None:
         _check_common(lr, momentum)
         if not (math.isfinite(rho) and rho >= 0.0):
             raise ValueError(f"Invalid rho: {rho}; must be a finite value >= 0")
-        if generator is None:
-            generator = torch.Generator()  # never drawn from: SAM is deterministic
-        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum), generator)
+        # Deterministic: fixed generators, never drawn from, only keep the machinery uniform.
+        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum),
+                         [torch.Generator() for _ in range(num_models)]
+                         if num_models is not None else torch.Generator(), num_models)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

@@ -1,4 +1,5 @@
-"""The lab's noisy baselines: formulas by hand, stacked mode against single runs, resuming."""
+"""The noisy and sharpness-aware baselines: formulas by hand, stacked mode (``num_models``)
+against single runs, resuming."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from synaprune.bench import get_method, run_seeds, run_single
-from synaprune.bench.noisy import SAM, GradientNoise, PerturbedGD
-from synaprune.bench.runner import noise_generator
-from synaprune.problems import get_problem
+from synaprune.optim import SAM, GradientNoise, PerturbedGD
 
 D = torch.float64
 
@@ -147,13 +145,18 @@ def _start() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return w, b, x
 
 
+def _n(gen) -> int | None:
+    """num_models for a list of generators (stacked), None for one generator."""
+    return len(gen) if isinstance(gen, list) else None
+
+
 MAKERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # threshold between the models' gradient norms: the models kick at different steps
     "perturbed-gd": lambda ps, gen: PerturbedGD(ps, lr=0.3, radius=0.3, threshold=0.3,
-                                                t_thres=3, generator=gen),
+                                                t_thres=3, generator=gen, num_models=_n(gen)),
     "gradient-noise": lambda ps, gen: GradientNoise(ps, lr=0.2, eta=0.1, momentum=0.7,
-                                                    generator=gen),
-    "sam": lambda ps, gen: SAM(ps, lr=0.3, rho=0.1, momentum=0.5, generator=gen),
+                                                    generator=gen, num_models=_n(gen)),
+    "sam": lambda ps, gen: SAM(ps, lr=0.3, rho=0.1, momentum=0.5, num_models=_n(gen)),
 }
 
 
@@ -236,71 +239,14 @@ def test_state_dict_resume_gives_the_identical_trajectory(name: str) -> None:
         (lambda p: GradientNoise(p, momentum=1.0), "momentum"),
         (lambda p: SAM(p, rho=-0.1), "rho"),
         (lambda p: SAM(p, lr=float("inf")), "learning rate"),
-        (lambda p: SAM(p, generator=[_gen(0), _gen(1), _gen(2)]), "generator"),
+        (lambda p: SAM(p, num_models=3), "num_models=3 means stacked"),
         (lambda p: GradientNoise(p, generator=[]), "generator"),
+        (lambda p: GradientNoise(p, generator=[_gen(0), _gen(1)]), "num_models=2"),
+        (lambda p: PerturbedGD(p, num_models=2, generator=[_gen(0)]), "needs 2 generators"),
+        (lambda p: PerturbedGD(p, num_models=2, generator=_gen(0)), "sequence"),
     ],
 )
 def test_invalid_options_raise_naming_them(make, word: str) -> None:
     p = torch.zeros(2, 3, dtype=D, requires_grad=True)
     with pytest.raises(ValueError, match=word):
         make([p])
-
-
-@pytest.mark.parametrize(
-    ("spec", "word"),
-    [
-        ("perturbed-gd:radius=-1", "radius"),
-        ("perturbed-gd:t_thres=-2", "t_thres"),
-        ("gradient-noise:eta=-1", "eta"),
-        ("sam:rho=-1", "rho"),
-        ("sam:batch_size=0", "batch_size"),
-        ("synaprune-b:noise=-1", "noise"),
-        ("synaprune-b:noise_trigger=sometimes", "noise_trigger"),
-        ("synaprune-ab:aggregation=mean", "aggregation"),
-        ("synaprune-ab:stall_steps=0", "stall_steps"),
-    ],
-)
-def test_invalid_method_options_raise_naming_them(spec: str, word: str) -> None:
-    with pytest.raises(ValueError, match=word):
-        get_method(spec)
-
-
-# -- the runner --------------------------------------------------------------------------------
-
-NOISY = [
-    ("xor:hidden=3", "perturbed-gd:lr=2,threshold=1,t_thres=5,radius=0.5", 40),
-    ("xor", "gradient-noise:lr=1,eta=0.3", 40),
-    ("teacher-student:k=4", "sam:lr=0.3", 40),
-    ("xor", "synaprune-b:lr=2,noise=0.1,noise_trigger=always", 40),
-]
-
-
-@pytest.mark.parametrize(("problem_spec", "method_spec", "steps"), NOISY,
-                         ids=[m.split(":")[0] for _, m, _ in NOISY])
-def test_seed_alone_equals_seed_among_others(problem_spec: str, method_spec: str,
-                                             steps: int) -> None:
-    problem, method = get_problem(problem_spec), get_method(method_spec)
-    many = run_seeds(problem, method, list(range(10)), steps)
-    for seed in (0, 6):
-        alone = run_seeds(problem, method, [seed], steps)[0]
-        assert (alone.status, alone.steps) == (many[seed].status, many[seed].steps)
-        for k, v in alone.params.items():
-            assert (v - many[seed].params[k]).abs().max().item() <= 1e-12
-
-
-@pytest.mark.parametrize(("problem_spec", "method_spec", "steps"), NOISY,
-                         ids=[m.split(":")[0] for _, m, _ in NOISY])
-def test_the_method_really_differs_from_plain_gd(problem_spec: str, method_spec: str,
-                                                 steps: int) -> None:
-    """The noise (or SAM's second gradient) reaches the runs: not gd with the same lr."""
-    problem, method = get_problem(problem_spec), get_method(method_spec)
-    gd = run_single(problem, get_method("gd", lr=method.lr), 3, steps)
-    got = run_single(problem, method, 3, steps)
-    assert max((got.params[k] - gd.params[k]).abs().max().item() for k in gd.params) > 1e-6
-
-
-def test_noise_generators_are_per_seed_and_apart_from_the_minibatch_stream() -> None:
-    draws = [torch.rand(4, generator=noise_generator(s)) for s in range(3)]
-    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])
-    assert torch.equal(draws[1], torch.rand(4, generator=noise_generator(1)))
-    assert not torch.equal(draws[1], torch.rand(4, generator=_gen(1)))
