@@ -761,9 +761,10 @@ def _stand_in(model: nn.Module, reduction: str = "mean") -> PerExampleGradStats:
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_stand_in_alone_matches_and_replaces_each_pass(reduction):
-    """Without another probe it records like a norm-only probe, but each backward pass replaces
-    the statistics (no zero() needed between steps)."""
+def test_stand_in_alone_matches_and_follows_grad(reduction):
+    """Without another probe it records like a norm-only probe, and its statistics follow
+    .grad: afresh after model.zero_grad() (no zero() needed between steps), accumulated when
+    .grad accumulates."""
     model, x, target = setup(CASES["conv2d_stride_pad_groups_dilation"], "mse")
     x2 = x.flip(0) * 0.5
     _, _, n1 = brute_force_norms(model, x, target, "mse")
@@ -771,11 +772,16 @@ def test_stand_in_alone_matches_and_replaces_each_pass(reduction):
     fresh_grads(model)
     probe = _stand_in(model, reduction)
     for xx, ref in ((x, n1), (x2, n2)):
+        model.zero_grad()
         batch_loss(model(xx), target, "mse", reduction).backward()
         for p, n in zip(model.parameters(), ref, strict=True):
             assert_close(p.grad_sqnorm_sum, n)
             assert p.grad_batch_size == B
             assert p.grad_reduction == reduction
+    batch_loss(model(x), target, "mse", reduction).backward()  # accumulates onto x2's
+    for p, a, b in zip(model.parameters(), n1, n2, strict=True):
+        assert_close(p.grad_sqnorm_sum, a + b)
+        assert p.grad_batch_size == 2 * B
     probe.remove()
 
 
@@ -792,14 +798,15 @@ def test_stand_in_stands_aside_for_another_probe(order):
     else:
         stand_in = _stand_in(model, "sum")
         other = PerExampleGradStats(model[2], reduction="sum", quantities=("sumsq",))
-    for step in range(2):  # the second step: the other probe accumulates, the stand-in replaces
+    for step in range(2):  # the second step: the other probe accumulates, like .grad
         batch_loss(model(x), target, "mse", "sum").backward()
         for i, p in enumerate(model.parameters()):
-            assert p.grad_batch_size == B * (step + 1 if i in (2, 3) else 1)
-            if i in (2, 3):  # model[2]: the other probe's (sumsq only, accumulating)
+            if i in (2, 3):  # model[2]: the other probe's (sumsq only)
+                assert p.grad_batch_size == B * (step + 1)
                 assert p.grad_sqnorm_sum is None
                 assert_close(p.grad_sumsq, (step + 1) * q[i])
-            else:  # the stand-in's (sqnorm only, replacing)
+            else:  # the stand-in's (sqnorm only), cleared by stand_in.zero() below
+                assert p.grad_batch_size == B
                 assert p.grad_sumsq is None
                 assert_close(p.grad_sqnorm_sum, n[i])
         stand_in.zero()  # never clears what the other probe recorded

@@ -49,6 +49,8 @@ from torch.autograd import Variable
 from torch.func import functional_call, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from synaprune.probes import _fields as fields
+
 Reduction = Literal["mean", "sum"]
 Quantity = Literal["sumsq", "sqnorm"]
 QUANTITIES: tuple[Quantity, ...] = ("sumsq", "sqnorm")
@@ -157,6 +159,37 @@ def _has_grad_tensor(x: Any) -> bool:
     if isinstance(x, dict):
         return any(_has_grad_tensor(v) for v in x.values())
     return False
+
+
+def _couples_examples(node: Any) -> bool:
+    """Whether an autograd node is a batch normalisation over the batch's own statistics."""
+    if "BatchNorm" not in type(node).__name__ or not getattr(node, "_saved_training", True):
+        return False
+    try:  # instance norm runs batch_norm on a [1, B * C, ...] view: no coupling across dim 0
+        return node._saved_input.shape[0] > 1
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def _refuse_batch_statistics(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                             output: Tensor) -> None:
+    """Walk the autograd graph of one module call, from its output back to its inputs, and
+    refuse a batch normalisation in training mode inside it (e.g. ``F.batch_norm(x, None, None,
+    training=True)`` in a custom module's forward)."""
+    stop = {id(t.grad_fn) for t in _tensors(args, kwargs) if t.grad_fn is not None}
+    todo, seen = [output.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen or id(node) in stop:
+            continue
+        seen.add(id(node))
+        if _couples_examples(node):
+            raise RuntimeError(
+                f"PerExampleGradStats: {type(module).__name__} normalises with batch statistics "
+                f"({type(node).__name__} in training mode) inside its forward, which couples the "
+                "examples of a batch, so per-example gradients are not defined; normalise with "
+                "running statistics (training=False), GroupNorm/LayerNorm, or remove the probe")
+        todo.extend(nxt for nxt, _ in node.next_functions)
 
 
 def _kind_of(module: nn.Module, force_fallback: bool) -> str:
@@ -297,8 +330,6 @@ class PerExampleGradStats:
     # A stand-in probe records nothing for parameters that another attached probe tracks
     # (see :class:`_StandInProbe`); an ordinary probe always records.
     _stands_aside = False
-    # Whether statistics add up over backward passes (like .grad) or each pass replaces them.
-    _accumulates = True
 
     def __init__(self, model: nn.Module, *, reduction: Reduction = "mean",
                  quantities: tuple[Quantity, ...] = ("sumsq",),
@@ -334,9 +365,10 @@ class PerExampleGradStats:
         # Modules sharing a parameter with another module: always go through per-example sums.
         self._tied = {m for ms in owners.values() if len(ms) > 1 for m in ms}
         self._kind = {m: _kind_of(m, self.force_fallback) for m in self._own}
-        # id(p) -> [backward passes booked, their common batch size (None if they differ),
-        #           the grad_batch_size we left on p (to notice resets made from outside)].
-        self._passes: dict[int, list[Any]] = {}
+        # Graph-task id -> id(p) -> where this pass writes p's statistics (p itself, or a
+        # penalty's staging slot), from synaprune.probes._fields.begin.
+        self._dests: dict[int, dict[int, Any]] = {}
+        self._now: dict[int, Any] = {}
         # Graph-task id -> (record, output gradient) pairs received during that backward pass;
         # the gradient is None when the record's statistics were already added in the hook.
         self._pending: dict[int, list[tuple[_Record, Tensor | None]]] = {}
@@ -350,6 +382,10 @@ class PerExampleGradStats:
         self._warned: set[nn.Module] = set()
         self._handles = [m.register_forward_hook(self._forward_hook, with_kwargs=True)
                          for m in self._own]
+        # Batch normalisation without parameters couples the examples all the same.
+        self._handles += [m.register_forward_hook(self._check_batch_norm)
+                          for m in model.modules()
+                          if isinstance(m, _BatchNorm) and m not in self._own]
         self._aside: tuple[int, frozenset[nn.Module]] = (-1, frozenset())
         if not self._stands_aside:
             _register(self)
@@ -384,11 +420,7 @@ class PerExampleGradStats:
         for p, skip in zip(self.params, aside, strict=True):
             if skip:  # a stand-in probe never clears what another probe recorded
                 continue
-            p.grad_sumsq = None  # type: ignore[attr-defined]
-            p.grad_sqnorm_sum = None  # type: ignore[attr-defined]
-            p.grad_batch_size = 0  # type: ignore[attr-defined]
-            p.grad_reduction = self.reduction  # type: ignore[attr-defined]
-        self._passes.clear()
+            fields.clear(p, self.reduction)
         self.batch_size = 0
 
     @contextmanager
@@ -426,24 +458,23 @@ class PerExampleGradStats:
                 gradient without recorded examples).
         """
         self._check_tracked(p)
-        n = int(getattr(p, "grad_batch_size", 0) or 0)
         if p.grad is None:
-            if n == 0:
-                return torch.zeros_like(p)
-            raise RuntimeError("p.grad is None but statistics were recorded: gradients were "
-                               "cleared without PerExampleGradStats.zero()")
+            return torch.zeros_like(p)
+        stats = fields.read(p)
+        if stats is not None and stats.extra is not None and stats.extra.any():
+            raise RuntimeError("p.grad holds gradient that is not from the recorded data loss "
+                               "(p.grad_extra): sum_i g_i cannot be recovered from it")
         if self.reduction == "sum":
             return p.grad
-        if n == 0:
+        if stats is None:
             if not p.grad.any():
                 return torch.zeros_like(p)
-            raise RuntimeError("p.grad is set but no examples were recorded for it since the "
-                               "last zero(); cannot undo the 1/B of a mean-reduced loss")
-        count, size, _ = self._passes.get(id(p), (0, None, 0))
-        if count == 0 or size is None:
+            raise RuntimeError("p.grad is set but no examples were recorded for it; cannot undo "
+                               f"the 1/B of a mean-reduced loss ({fields.missing_reason(p)})")
+        if stats.pass_size is None:
             raise RuntimeError("p.grad accumulates mean-reduced losses of different batch "
                                "sizes; sum_i g_i cannot be recovered from it")
-        return p.grad * (n / count)
+        return p.grad * (stats.batch_size / stats.passes)
 
     def sum_grad_sq(self, p: Tensor) -> Tensor:
         """``sum_i g_i**2`` for a tracked parameter: ``p.grad_sumsq``.
@@ -464,15 +495,13 @@ class PerExampleGradStats:
         if not self._sumsq:
             raise ValueError(f"this PerExampleGradStats computes quantities={self.quantities}, "
                              "not 'sumsq'")
-        sq = getattr(p, "grad_sumsq", None)
-        if sq is not None:
-            return sq
         if p.grad is None:
             return torch.zeros_like(p)
-        raise RuntimeError(
-            "parameter has a gradient but no per-example statistics: it was used outside the "
-            "forward of the module that owns it (e.g. F.linear(x, other.weight)), or the "
-            "backward ran while paused or before PerExampleGradStats was attached")
+        stats = fields.read(p)
+        if stats is not None and stats.sumsq is not None:
+            return stats.sumsq
+        raise RuntimeError("parameter has a gradient but no per-example statistics: "
+                           + fields.missing_reason(p))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(reduction={self.reduction!r}, "
@@ -516,13 +545,10 @@ class PerExampleGradStats:
         if self._stands_aside and module in self._modules_aside():
             return
         kind = self._kind[module]
-        if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
-            raise RuntimeError(
-                f"PerExampleGradStats: {type(module).__name__} normalising with batch statistics "
-                "(training mode, or no running statistics) couples the examples of a batch, so "
-                "per-example gradients are not defined; use eval mode, GroupNorm/LayerNorm, or "
-                "remove the probe")
+        if isinstance(module, _BatchNorm):
+            self._check_batch_norm(module, args, output)
         if kind is _FALLBACK:
+            _refuse_batch_statistics(module, args, kwargs, output)
             args = tuple(_detach(a) for a in args)
             kwargs = {k: _detach(v) for k, v in kwargs.items()}
             first = next(iter(_tensors(args, kwargs)), None)
@@ -543,6 +569,18 @@ class PerExampleGradStats:
         self._live[module].add(record)
         output.register_hook(functools.partial(self._on_grad, record))
 
+    def _check_batch_norm(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Refuse batch normalisation that normalises with the batch's own statistics."""
+        if not self._active() or not isinstance(output, Tensor) or not output.requires_grad:
+            return
+        bn: _BatchNorm = module  # type: ignore[assignment]
+        if bn.training or bn.running_mean is None:
+            raise RuntimeError(
+                f"PerExampleGradStats: {type(module).__name__} normalising with batch statistics "
+                "(training mode, or no running statistics) couples the examples of a batch, so "
+                "per-example gradients are not defined; use eval mode, GroupNorm/LayerNorm, or "
+                "remove the probe")
+
     def _on_grad(self, record: _Record, grad: Tensor) -> None:
         if not self._active():
             return
@@ -552,6 +590,13 @@ class PerExampleGradStats:
             pending = self._pending[task] = []
             Variable._execution_engine.queue_callback(functools.partial(self._finalize, task))
         module = record.module
+        # Before p.grad accumulates in this pass: decide whether its statistics accumulate or
+        # start afresh (synaprune.probes._fields owns that life cycle).
+        dests = self._dests.setdefault(task, {})
+        for p in self._own[module].values():
+            if p.requires_grad and id(p) not in dests:
+                dests[id(p)] = fields.begin(p, keep_ref=self._sumsq)
+        self._now = dests
         if (record.kind is not _FALLBACK and module not in self._tied
                 and len(self._live[module]) == 1):
             # The only call of this module whose graph is alive: no other gradient can reach
@@ -571,14 +616,17 @@ class PerExampleGradStats:
     def _finalize(self, task: int) -> None:
         """Runs once at the end of each backward pass that reached a hooked module."""
         fired = self._pending.pop(task, None)
+        dests = self._dests.pop(task, {})
         if not fired or self._removed:
             return
         self._computing = True
+        self._now = dests
         try:
             with torch.no_grad():
                 self._record(fired)
         finally:
             self._computing = False
+            self._now = {}
 
     # -- computation -----------------------------------------------------------------------------
 
@@ -629,35 +677,18 @@ class PerExampleGradStats:
 
     def _count(self, p: Tensor, b: int) -> None:
         """Book one backward pass of ``b`` examples into ``p``'s counters (once per pass)."""
-        n = int(getattr(p, "grad_batch_size", 0) or 0) if self._accumulates else 0
-        passes = self._passes.get(id(p))
-        if n == 0 or passes is None or passes[2] != n:  # fresh, or reset from outside
-            passes = self._passes[id(p)] = [0, b, 0] if n == 0 else [0, None, n]
-        passes[0] += 1
-        if passes[1] != b:
-            passes[1] = None
-        passes[2] = n + b
-        p.grad_batch_size = n + b  # type: ignore[attr-defined]
-        p.grad_reduction = self.reduction  # type: ignore[attr-defined]
+        fields.book(self._now[id(p)], b, self.reduction)
 
     def _fresh(self, p: Tensor, name: str) -> bool:
-        """Whether statistic ``name`` of ``p`` starts afresh in this backward pass."""
-        if not self._accumulates:
-            return True
-        if getattr(p, name, None) is None:
-            return True
-        # grad_sqnorm_sum is not cleared by SynaPrune.zero_grad; grad_batch_size is, and it is
-        # booked only at the end of a pass, so 0 here means nothing accumulated since the reset.
-        return name == "grad_sqnorm_sum" and not getattr(p, "grad_batch_size", 0)
+        """Whether statistic ``name`` of ``p`` is absent in this pass's destination (the
+        decision to start afresh was taken by ``fields.begin`` before ``.grad`` accumulated)."""
+        return getattr(self._now[id(p)], name, None) is None
 
     def _put(self, p: Tensor, name: str, value: Tensor, alpha: float) -> None:
-        """``p.<name> += alpha * value`` (or ``=`` when fresh). ``value`` must be a new tensor."""
+        """``p.<name> += alpha * value`` (or ``=`` when absent). ``value`` must be a new tensor."""
         if value.dtype != p.dtype:
             value = value.to(p.dtype)
-        if self._fresh(p, name):
-            setattr(p, name, value.mul_(alpha) if alpha != 1.0 else value)
-        else:
-            getattr(p, name).add_(value, alpha=alpha)
+        fields.put(self._now[id(p)], name, value, alpha)
 
     def _add_stats(self, rec: _Record, delta: Tensor, alpha: float) -> None:
         """Add alpha * the statistics of a module called once in this backward pass."""
@@ -703,21 +734,21 @@ class PerExampleGradStats:
             if self._sqnorm:
                 self._put(w, "grad_sqnorm_sum", torch.dot(dn2, a2.sum(1)),  # type: ignore[arg-type]
                           1.0)
-            if self._fresh(w, "grad_sumsq"):  # type: ignore[arg-type]
+            dw = self._now[id(w)]
+            if dw.grad_sumsq is None:
                 # beta=0: the uninitialised buffer is ignored, not read
-                w.grad_sumsq = torch.empty_like(w).addmm_(  # type: ignore[union-attr]
-                    d2.t(), a2, beta=0, alpha=alpha)
+                dw.grad_sumsq = torch.empty_like(w).addmm_(d2.t(), a2, beta=0, alpha=alpha)
             else:
-                w.grad_sumsq.addmm_(d2.t(), a2, alpha=alpha)  # type: ignore[union-attr]
+                dw.grad_sumsq.addmm_(d2.t(), a2, alpha=alpha)
         if need_b:
             if self._sqnorm:
                 self._put(b, "grad_sqnorm_sum", dn2.sum(), 1.0)  # type: ignore[arg-type, union-attr]
             ones = self._ones(d2.shape[0], d2)  # alpha * sum_i d2_i as one gemv
-            if self._fresh(b, "grad_sumsq"):  # type: ignore[arg-type]
-                b.grad_sumsq = torch.empty_like(b).addmv_(  # type: ignore[union-attr]
-                    d2.t(), ones, beta=0, alpha=alpha)
+            db = self._now[id(b)]
+            if db.grad_sumsq is None:
+                db.grad_sumsq = torch.empty_like(b).addmv_(d2.t(), ones, beta=0, alpha=alpha)
             else:
-                b.grad_sumsq.addmv_(d2.t(), ones, alpha=alpha)  # type: ignore[union-attr]
+                db.grad_sumsq.addmv_(d2.t(), ones, alpha=alpha)
 
     def _chunked_sums(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
                       reduce: Callable[[Tensor], Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
@@ -943,4 +974,3 @@ class _StandInProbe(PerExampleGradStats):
     """
 
     _stands_aside = True
-    _accumulates = False
