@@ -30,8 +30,11 @@ it (the reference). Then:
   another gradient added into ``.grad``, a new tensor assigned) raises RuntimeError saying so.
 
 A rescaling is recognised to rounding: ``grad == k * reference`` up to 8 units in the last place
-of the largest coordinate. Without ``grad_sumsq`` (norm-only probes) there is no reference, so a
-changed ``.grad`` cannot be reconciled at read time (RuntimeError).
+of the largest coordinate. Reading compares the content of ``.grad`` with the reference too (one
+pass), since not every in-place change bumps ``_version`` (``GradScaler.unscale_`` on the CPU, in
+torch 2.13, does not). Without ``grad_sumsq`` (norm-only probes) there is no reference, only the
+norm of ``.grad`` at binding: a changed ``.grad`` cannot be reconciled (RuntimeError), and a
+change that keeps both ``_version`` and the norm cannot be seen.
 """
 
 from __future__ import annotations
@@ -82,13 +85,14 @@ class _Slot:
 class _State:
     """What the statistics on a parameter are bound to."""
 
-    __slots__ = ("grad", "keep_ref", "pass_size", "passes", "pre", "problem", "recorded",
-                 "ref", "task", "version")
+    __slots__ = ("fingerprint", "grad", "keep_ref", "pass_size", "passes", "pre", "problem",
+                 "recorded", "ref", "task", "version")
 
     def __init__(self) -> None:
         self.grad: weakref.ReferenceType[Tensor] | None = None  # the bound .grad
         self.version = -1
         self.ref: Tensor | None = None  # copy of the bound .grad (with grad_sumsq only)
+        self.fingerprint: Tensor | None = None  # its norm, 0-d (without grad_sumsq)
         self.keep_ref = False
         self.passes = 0
         self.pass_size: int | None = 0
@@ -209,7 +213,7 @@ def _bind(p: Tensor, st: _State) -> None:
     g = p.grad
     st.task = -2
     if g is None:
-        st.grad, st.version, st.ref = None, -1, None
+        st.grad, st.version, st.ref, st.fingerprint = None, -1, None, None
         return
     pre, version = st.pre
     st.pre = (None, -1)
@@ -224,8 +228,10 @@ def _bind(p: Tensor, st: _State) -> None:
             st.ref.copy_(g)
         else:
             st.ref = g.detach().clone()
+        st.fingerprint = None
     else:
         st.ref = None
+        st.fingerprint = torch.linalg.vector_norm(g.detach())
 
 
 def _changed_message(what: str) -> str:
@@ -242,9 +248,15 @@ def _reconcile(p: Tensor, st: _State) -> None:
     g = p.grad
     if st.problem is not None:
         raise RuntimeError(f"PerExampleGradStats: {st.problem}")
-    if _is_bound(st, g):
-        return
     assert g is not None
+    if _is_bound(st, g):
+        # Not every in-place change bumps _version (GradScaler.unscale_'s CPU kernel does not,
+        # in torch 2.13): compare the content too, one pass.
+        if st.ref is not None:
+            if torch.equal(g, st.ref):
+                return
+        elif st.fingerprint is None or torch.equal(torch.linalg.vector_norm(g), st.fingerprint):
+            return
     if st.ref is None:
         what = ("these statistics keep no reference to reconcile with (a probe without "
                 "'sumsq'); read them before changing .grad"
@@ -458,7 +470,7 @@ def missing_reason(p: Tensor) -> str:
     from synaprune.probes.grad_stats import _tracked_elsewhere
 
     if not _tracked_elsewhere([p])[0]:
-        return ("no attached synaprune.PerExampleGradStats tracks this parameter: attach "
+        return ("no attached PerExampleGradStats tracks this parameter: attach synaprune."
                 "PerExampleGradStats(model) before the forward pass")
     st = getattr(p, _STATE, None)
     if st is None or not st.recorded:
