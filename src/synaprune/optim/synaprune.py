@@ -43,8 +43,12 @@ class SynaPrune(Optimizer):
     ``torch.optim.Adam`` (``base="adam"``), bit for bit on the CPU.
 
     ``aggregation="rms"`` or ``"blend"`` needs per-example statistics: attach
-    :class:`synaprune.PerExampleGradStats` to the model before the forward pass. Momentum follows
-    torch's convention (v <- mu v + (1 - dampening) d; p <- p - lr v), not Sutskever's.
+    :class:`synaprune.PerExampleGradStats` to the model before the forward pass. They follow
+    ``.grad``: a rescaling of ``.grad`` between backward and step (``clip_grad_norm_``,
+    ``torch.amp.GradScaler`` with ``scaler.step(opt)``, a manual multiplication) scales the
+    aggregated direction alike; any other change of ``.grad`` (weight decay added into it: use
+    ``weight_decay`` here) raises RuntimeError at the step. Momentum follows torch's convention
+    (v <- mu v + (1 - dampening) d; p <- p - lr v), not Sutskever's.
 
     Args:
         params: iterable of parameters or dicts defining parameter groups.

@@ -229,14 +229,24 @@ class PerExampleGradStats:
     parameter ``p`` carries (attribute names are a contract with the optimizer and the monitor):
 
     * ``p.grad_sumsq`` (if ``"sumsq"`` is in ``quantities``): tensor shaped like ``p``,
-      ``sum_i g_i**2`` where ``g_i`` is the gradient of the loss ``l_i`` of example ``i``. It
-      accumulates across backward calls, like ``.grad``.
+      ``sum_i g_i**2`` where ``g_i`` is the gradient of the loss ``l_i`` of example ``i``.
     * ``p.grad_sqnorm_sum`` (if ``"sqnorm"`` is in ``quantities``): 0-d tensor,
-      ``sum_i ||g_i||**2`` (equal to ``p.grad_sumsq.sum()``). It accumulates like ``grad_sumsq``
-      and starts afresh at the first backward pass after ``p.grad_batch_size`` was reset to 0
-      (by :meth:`zero` or :class:`synaprune.SynaPrune`'s ``zero_grad``).
+      ``sum_i ||g_i||**2`` (equal to ``p.grad_sumsq.sum()``).
     * ``p.grad_batch_size``: int, the number of examples accumulated into the statistics.
     * ``p.grad_reduction``: ``"mean"`` or ``"sum"``, the ``reduction`` given here.
+    * ``p.grad_extra`` (or None): gradient in ``p.grad`` that no recorded pass produced (a
+      backward pass while probes were paused, before the probe existed, or the
+      activation-gradient penalty's), kept apart so that aggregation acts on the data gradient.
+
+    The statistics always describe ``p.grad`` (their life cycle is owned by
+    ``synaprune.probes._fields``): they accumulate exactly when ``.grad`` does (micro-batches),
+    start afresh when a backward pass finds ``.grad`` reset (``model.zero_grad()`` or any
+    optimizer's ``zero_grad()``, with ``set_to_none`` True or False, or :meth:`zero`), and follow a
+    rescaling of ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``, a manual multiplication)
+    with the per-example gradients rescaled alike. A change they cannot follow (weight decay or
+    another gradient added into ``.grad``, statistics of an ``autograd.grad`` pass that never
+    reached ``.grad``) raises RuntimeError, saying so, when they are read (by
+    :meth:`sum_grad_sq`, :meth:`sum_grad` or :class:`synaprune.SynaPrune`'s step).
 
     Statistics follow the per-example-loss convention: whether the loss is
     ``L = (1/B) sum_i l_i`` (``reduction="mean"``, output gradients carry a 1/B that the probe
@@ -273,10 +283,23 @@ class PerExampleGradStats:
 
     ``grad_sumsq`` is computed from the local batch only; under DistributedDataParallel sum it
     (and ``grad_batch_size``) over ranks, as :class:`synaprune.SynaPrune` does. Construction
-    calls :meth:`zero`, clearing statistics left on the parameters by an earlier probe.
+    calls :meth:`zero`, clearing statistics left on the parameters by an earlier probe. With
+    ``"sumsq"`` the probe keeps a copy of each ``.grad`` at the end of every backward pass, to
+    recognise a later rescaling (memory: one more gradient).
 
-    Not supported: modules whose gradient couples examples (BatchNorm in training mode raises
-    RuntimeError), modules owning parameters whose output is not a single tensor (e.g. RNNs,
+    Batch normalisation with the batch's own statistics couples the examples (l_i depends on
+    every example), so per-example gradients are not defined; the probe raises RuntimeError for:
+    every ``_BatchNorm`` module (BatchNorm1d/2d/3d, SyncBatchNorm, with or without parameters) in
+    training mode or without running statistics; and a batch norm in training mode (an autograd
+    ``*BatchNormBackward`` node with ``training=True`` over more than one row) inside the forward
+    of a module served by the vmap fallback, e.g. ``F.batch_norm(x, None, None, training=True)``
+    in a custom module. Not detected: such calls in the forward of a module that owns no
+    parameter (other than a ``_BatchNorm``) or between modules (the parent's forward, the loss),
+    and any other operation that mixes examples (``x - x.mean(0)``, attention across the batch):
+    the statistics are then wrong without an error. Eval-mode batch norm, InstanceNorm, LayerNorm
+    and GroupNorm normalise each example alone and are exact.
+
+    Not supported: modules owning parameters whose output is not a single tensor (e.g. RNNs,
     MultiheadAttention: skipped with a warning, their parameters get no statistics), parameters
     used outside their owning module's forward (e.g. ``F.linear(x, other.weight)``: that use is
     not seen; :meth:`sum_grad_sq` raises if a parameter has a gradient but no statistics).
@@ -412,9 +435,11 @@ class PerExampleGradStats:
         self.remove()
 
     def zero(self) -> None:
-        """Clear the statistics: ``p.grad_sumsq = None``, ``p.grad_sqnorm_sum = None`` (whatever
-        the ``quantities``, so that no stale statistic is left behind), ``p.grad_batch_size = 0``
-        for every tracked parameter, and ``batch_size = 0``. ``p.grad`` is not touched."""
+        """Clear the statistics: ``p.grad_sumsq``, ``p.grad_sqnorm_sum`` and ``p.grad_extra``
+        to None (whatever the ``quantities``, so that no stale statistic is left behind),
+        ``p.grad_batch_size = 0`` for every tracked parameter, and ``batch_size = 0``. ``p.grad``
+        is not touched: gradient left in it is kept apart as ``p.grad_extra`` by the next
+        backward pass (it is not described by any statistics)."""
         aside = (_tracked_elsewhere(self.params) if self._stands_aside
                  else [False] * len(self.params))
         for p, skip in zip(self.params, aside, strict=True):
@@ -965,12 +990,11 @@ class _StandInProbe(PerExampleGradStats):
     """A probe that fills a gap: for tools (the training monitor) that need per-example
     statistics on every step but must not disturb a probe the user attached for the optimizer.
 
-    It differs from :class:`PerExampleGradStats` in two ways. It stands aside for any module
+    It differs from :class:`PerExampleGradStats` in one way: it stands aside for any module
     whose parameters another attached probe tracks, whenever that probe was attached (before or
     after this one): it records nothing there, so those parameters' statistics, batch size and
-    reduction are the other probe's alone, and :meth:`zero` does not clear them. And each backward
-    pass replaces its statistics instead of adding to them, so they always describe the latest
-    pass without anyone having to call :meth:`zero` (a ``torch.optim`` optimizer does not).
+    reduction are the other probe's alone, and :meth:`zero` does not clear them. (Like every
+    probe's, its statistics follow ``.grad``, so a ``torch.optim`` ``zero_grad`` resets them.)
     """
 
     _stands_aside = True
