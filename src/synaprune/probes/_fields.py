@@ -231,7 +231,8 @@ def _bind(p: Tensor, st: _State) -> None:
         st.fingerprint = None
     else:
         st.ref = None
-        st.fingerprint = torch.linalg.vector_norm(g.detach())
+        st.fingerprint = (torch.linalg.vector_norm(g.detach()) if getattr(p, BATCH_SIZE, 0)
+                          else None)
 
 
 def _changed_message(what: str) -> str:
