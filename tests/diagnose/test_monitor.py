@@ -19,6 +19,7 @@ from torch import nn
 from synaprune import SynaPrune
 from synaprune.diagnose import TrainingMonitor, every, never, read_jsonl
 from synaprune.probes import PerExampleGradStats
+from synaprune.probes import _fields as fields
 
 
 def test_every_schedule():
@@ -277,8 +278,11 @@ def test_parameters_in_different_conventions_give_the_same_record():
     mon = TrainingMonitor(model, per_parameter=False)
     before = mon.cheap(0.0)
     w = model[0].weight
+    sumsq, sqnorm = w.grad_sumsq, w.grad_sqnorm_sum
     w.grad.mul_(64)
-    w.grad_reduction = "sum"
+    # Rewritten through their owner: a .grad rescaled behind the statistics' back would rescale
+    # them too (the gradient of a loss 64 times larger).
+    fields.write(w, sumsq=sumsq, sqnorm=sqnorm, batch_size=64, reduction="sum")
     after = mon.cheap(0.0)
     assert after["cancellation"] == pytest.approx(before["cancellation"], rel=1e-12)
     assert after["cancelled_share"] == pytest.approx(before["cancelled_share"], abs=1e-12)

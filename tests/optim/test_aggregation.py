@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -134,3 +135,123 @@ def test_decayed_blend_returns_to_mean():
     stats.remove()
     for e, p in zip(expected, model.parameters(), strict=True):
         assert torch.equal(e, p.detach())
+
+
+# -- what the user does to .grad between backward and step acts on the direction -------------------
+
+LR = 0.1
+
+
+def _mlp_and_batch(seed: int = 0, b: int = 6):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).double()
+    g = torch.Generator().manual_seed(seed + 1)
+    return (model, torch.randn(b, 3, generator=g, dtype=torch.float64),
+            torch.randn(b, 2, generator=g, dtype=torch.float64))
+
+
+def _directions(model, x, y, lam):
+    """The blend(lam) direction of every parameter from a per-example loop, with gbar."""
+    params = list(model.parameters())
+    per = [[] for _ in params]
+    for i in range(x.shape[0]):
+        li = nn.functional.mse_loss(model(x[i:i + 1]), y[i:i + 1])
+        for acc, g in zip(per, torch.autograd.grad(li, params), strict=True):
+            acc.append(g)
+    out = []
+    for acc in per:
+        gi = torch.stack(acc)
+        gbar, r = gi.mean(0), gi.square().mean(0).sqrt()
+        out.append((gbar + lam * torch.sign(gbar) * (r - gbar.abs()), gbar))
+    return out
+
+
+def _assert_steps(model, before, expected):
+    for p, b, d in zip(model.parameters(), before, expected, strict=True):
+        # float64 rounding of a few sums and one sqrt: far below any missed factor
+        torch.testing.assert_close(b - p.detach(), LR * d, rtol=1e-10, atol=1e-15)
+
+
+AGGREGATIONS_LAM = {"rms": (dict(aggregation="rms"), 1.0),
+                    "blend": (dict(aggregation="blend", blend=0.4), 0.4)}
+
+
+@pytest.mark.parametrize("name", AGGREGATIONS_LAM)
+def test_clip_grad_norm_scales_the_aggregated_direction(name):
+    options, lam = AGGREGATIONS_LAM[name]
+    model, x, y = _mlp_and_batch()
+    ref = _directions(model, x, y, lam)
+    total = torch.sqrt(sum(gbar.square().sum() for _, gbar in ref))
+    k = 1e-6 / (total + 1e-6)  # torch's clip coefficient
+    stats = PerExampleGradStats(model)
+    opt = SynaPrune(model.parameters(), lr=LR, **options)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-6)
+    opt.step()
+    stats.remove()
+    _assert_steps(model, before, [k * d for d, _ in ref])
+
+
+@pytest.mark.parametrize("name", AGGREGATIONS_LAM)
+def test_grad_scaler_steps_as_without_loss_scaling(name):
+    options, lam = AGGREGATIONS_LAM[name]
+    model, x, y = _mlp_and_batch()
+    ref = _directions(model, x, y, lam)
+    stats = PerExampleGradStats(model)
+    opt = SynaPrune(model.parameters(), lr=LR, **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    scaler.scale(nn.functional.mse_loss(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    stats.remove()
+    _assert_steps(model, before, [d for d, _ in ref])
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_grad_scaler_skipped_inf_step_leaves_nothing_stale(set_to_none):
+    """An inf gradient: GradScaler skips the optimizer's step; after model.zero_grad() the next
+    step is the next batch's alone."""
+    model, x, y = _mlp_and_batch()
+    _, x2, y2 = _mlp_and_batch(seed=5)
+    ref = _directions(model, x2, y2, 1.0)
+    stats = PerExampleGradStats(model)
+    opt = SynaPrune(model.parameters(), lr=LR, aggregation="rms")
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    bad = x.clone()
+    bad[0, 0] = math.inf
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.scale(nn.functional.mse_loss(model(bad), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() == 512.0  # the step was skipped, the scale halved
+    assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before,
+                                                          strict=True))
+    model.zero_grad(set_to_none=set_to_none)
+    scaler.scale(nn.functional.mse_loss(model(x2), y2)).backward()
+    scaler.step(opt)
+    scaler.update()
+    stats.remove()
+    _assert_steps(model, before, [d for d, _ in ref])
+
+
+@pytest.mark.parametrize("how", ["in_place", "assigned"])
+def test_manual_rescale_of_grad_scales_the_direction(how):
+    model, x, y = _mlp_and_batch()
+    ref = _directions(model, x, y, 0.4)
+    stats = PerExampleGradStats(model)
+    opt = SynaPrune(model.parameters(), lr=LR, aggregation="blend", blend=0.4)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    for p in model.parameters():
+        if how == "in_place":
+            p.grad.mul_(-0.25)
+        else:
+            p.grad = p.grad * -0.25
+    opt.step()
+    stats.remove()
+    _assert_steps(model, before, [-0.25 * d for d, _ in ref])

@@ -184,3 +184,68 @@ def test_penalty_math_for_stacked_models_is_the_one_model_math_per_slice(reducti
                              for w, c in zip(weights, init, strict=True))
         assert stab.item() > 0 and abs(stab.item() - ref_stab.item()) <= 1e-12 * ref_stab.item()
         assert abs(stacked_stab[m].item() - stab.item()) <= 1e-12 * stab.item()
+
+
+def _reference_direction(model, x, y, beta, gamma, init_norms, lam):
+    """blend(lam) of the data loss's per-example gradients plus the penalty's gradient, from a
+    per-example loop: l_i = mse of example i (mean over outputs), L = (1/B) sum_i l_i."""
+    b = x.shape[0]
+    params = list(model.parameters())
+    per, act = [], 0.0
+    for i in range(b):
+        h1 = model[1](model[0](x[i:i + 1]))
+        h2 = model[3](model[2](h1))
+        li = nn.functional.mse_loss(model[4](h2), y[i:i + 1])
+        per.append(torch.autograd.grad(li, params, retain_graph=True))
+        g1, g2 = torch.autograd.grad(li, (h1, h2), create_graph=True)
+        act = act + g1.pow(2).sum() + g2.pow(2).sum()
+    weights = [model[0].weight, model[2].weight, model[4].weight]
+    stab = sum(torch.relu(c - w.norm()) ** 2 for w, c in zip(weights, init_norms, strict=True))
+    extra = torch.autograd.grad(beta * act / b + gamma * stab, params)
+    out = []
+    for j, e in enumerate(extra):
+        gi = torch.stack([g[j] for g in per])
+        gbar, r = gi.mean(0), gi.square().mean(0).sqrt()
+        out.append(gbar + lam * torch.sign(gbar) * (r - gbar.abs()) + e)
+    return out
+
+
+ORDERS = ["readme", "lightning", "lightning_model_zero_grad", "grad_scaler"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_penalty_with_blend_matches_the_reference_in_every_training_loop_order(order):
+    """README: zero_grad, penalty(loss).backward(), step. Lightning: training_step builds
+    penalty(loss), then zero_grad, then backward, then step (the statistics used to be wiped).
+    With a GradScaler: the scaled backward, then scaler.step."""
+    beta, gamma, lam, lr = 0.3, 2.0, 0.5, 0.05
+    model = _model()
+    init_norms = [m.weight.norm().item() for m in (model[0], model[2], model[4])]
+    stats = PerExampleGradStats(model)
+    penalty = ActivationGradientPenalty(model, beta=beta, gamma=gamma)
+    opt = SynaPrune(model.parameters(), lr=lr, aggregation="blend", blend=lam)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    with torch.no_grad():  # shrink one layer so the stabiliser is active
+        model[2].weight.mul_(0.5)
+    for step in range(2):
+        x, y = _data(seed=10 + step)
+        expected = _reference_direction(model, x, y, beta, gamma, init_norms, lam)
+        before = [p.detach().clone() for p in model.parameters()]
+        if order == "readme":
+            opt.zero_grad()
+            penalty(nn.functional.mse_loss(model(x), y)).backward()
+            opt.step()
+        elif order == "grad_scaler":
+            opt.zero_grad()
+            scaler.scale(penalty(nn.functional.mse_loss(model(x), y))).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            total = penalty(nn.functional.mse_loss(model(x), y))
+            (opt if order == "lightning" else model).zero_grad()
+            total.backward()
+            opt.step()
+        for p, b, d in zip(model.parameters(), before, expected, strict=True):
+            # float64 rounding of per-example sums and a double backward
+            torch.testing.assert_close(b - p.detach(), lr * d, rtol=1e-9, atol=1e-14)
+    stats.remove()

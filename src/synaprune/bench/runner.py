@@ -41,6 +41,7 @@ from synaprune.bench.methods import Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
 from synaprune.probes import PerExampleGradStats, per_example_sums
+from synaprune.probes import _fields as fields
 from synaprune.problems import Problem
 
 __all__ = [
@@ -495,9 +496,10 @@ def run_seeds(
                 active, batched_data=bool(samplers))
             for k, v in params.items():
                 v.grad = total[k]
-                v.grad_extra = extra[k].masked_fill_(~view(active, v), 0.0)  # type: ignore[attr-defined]
         with torch.no_grad():
             _fill_and_mask(params, active)
+            sumsq: dict[str, Tensor] | None = None
+            batch = 0
             if method.per_example_stats:
                 if samplers:
                     sumsq = _per_example_sumsq(problem, base, params, buffers, x_all[idx],
@@ -507,10 +509,15 @@ def run_seeds(
                     sumsq = _per_example_sumsq(problem, base, params, buffers, x_all, y_all,
                                                batched_data=False)
                     batch = x_all.shape[0]
+            if sumsq is not None or penalty is not None:
+                # Written once .grad is final (masked), so that they are bound to it.
                 for k, v in params.items():
-                    v.grad_sumsq = sumsq[k].masked_fill_(~view(active, v), 0.0)  # type: ignore[attr-defined]
-                    v.grad_batch_size = batch  # type: ignore[attr-defined]
-                    v.grad_reduction = "mean"  # type: ignore[attr-defined]
+                    fields.write(
+                        v, sumsq=None if sumsq is None
+                        else sumsq[k].masked_fill_(~view(active, v), 0.0),
+                        batch_size=batch, reduction="mean",
+                        extra=None if penalty is None
+                        else extra[k].masked_fill_(~view(active, v), 0.0))
             if t in record:
                 sq = sum(v.grad.reshape(n, -1).square().sum(1)  # type: ignore[union-attr]
                          for v in params.values())

@@ -24,6 +24,7 @@ from synaprune.curvature import (
 )
 from synaprune.diagnose._report import Diagnosis, Finding, LayerReport
 from synaprune.optim import cancellation as coordinate_cancellation
+from synaprune.probes import _fields as fields
 from synaprune.probes import per_example_sums, probes_paused
 
 # ---------------------------------------------------------------------------------- thresholds
@@ -219,20 +220,12 @@ def diagnose(
     notes: list[str] = []
 
     # Save what the passes below overwrite.
-    saved = [(p.grad, {a: getattr(p, a) for a in ("grad_sumsq", "grad_batch_size",
-                                                  "grad_reduction") if hasattr(p, a)})
-             for p in params]
+    saved = fields.snapshot(params)
     try:
         with probes_paused():
             first = _first_order(model, loss_fn, x, y, params, notes)
     finally:
-        for p, (grad, attrs) in zip(params, saved, strict=True):
-            p.grad = grad
-            for a in ("grad_sumsq", "grad_batch_size", "grad_reduction"):
-                if a in attrs:
-                    setattr(p, a, attrs[a])
-                elif hasattr(p, a):
-                    delattr(p, a)
+        fields.restore(params, saved)
 
     # Curvature.
     with probes_paused():

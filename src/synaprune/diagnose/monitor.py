@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from synaprune.curvature import ConvergenceWarning, HessianOperator, gradient_curvature, lanczos
 from synaprune.diagnose._diagnose import CANCELLED_C
+from synaprune.probes import _fields as fields
 from synaprune.probes import probes_paused
 from synaprune.probes.grad_stats import _StandInProbe, _tracked_elsewhere
 
@@ -272,19 +273,21 @@ class TrainingMonitor:
             (batch sizes, reductions, sum_i ||g_i||^2 per parameter as 0-d tensors, and the
             ``grad_sumsq`` tensors if every parameter has one, else None).
         """
-        sizes = [int(getattr(p, "grad_batch_size", 0) or 0) for p in params]
-        if not all(sizes):
+        read = [fields.read(p) for p in params]  # reconciled with .grad, or raises
+        if any(s is None for s in read):
             return None
-        sqs = [getattr(p, "grad_sumsq", None) for p in params]
+        stats: list[fields.Stats] = read  # type: ignore[assignment]
+        sizes = [s.batch_size for s in stats]
+        sqs = [s.sumsq for s in stats]
         sqnorms: list[Tensor] = []
-        for p, sq in zip(params, sqs, strict=True):
-            sn = getattr(p, "grad_sqnorm_sum", None)
+        for s in stats:
+            sn = s.sqnorm
             if sn is None:
-                if sq is None:
+                if s.sumsq is None:
                     return None
-                sn = sq.sum()  # a pass over the parameter: only without grad_sqnorm_sum
+                sn = s.sumsq.sum()  # a pass over the parameter: only without grad_sqnorm_sum
             sqnorms.append(sn)
-        reductions = [getattr(p, "grad_reduction", "mean") for p in params]
+        reductions = [s.reduction for s in stats]
         have_sq = all(sq is not None for sq in sqs)
         return sizes, reductions, sqnorms, sqs if have_sq else None  # type: ignore[return-value]
 

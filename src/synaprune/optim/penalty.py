@@ -23,6 +23,12 @@ The penalty's math has one implementation, :func:`activation_term` and :func:`st
 one model or for S stacked models (``num_models=S``, the stacked-mode convention of
 :mod:`synaprune.optim`); :class:`ActivationGradientPenalty` and the lab's seed-batched
 :class:`synaprune.bench.penalty.StackedPenalty` both call them.
+
+The per-example statistics of that first pass are staged, not written to the parameters: they
+belong to the backward pass of the returned loss, which adds them (with ``grad_extra``) exactly
+when it accumulates into ``.grad``. So any order of ``penalty(loss)``, ``zero_grad()`` and
+``backward()`` works, including Lightning's (``training_step`` builds the loss, then
+``zero_grad``, then ``backward``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from synaprune.probes import _fields as fields
 from synaprune.probes import probes_paused
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -113,25 +120,26 @@ class _FeedGrad(torch.autograd.Function):
     """Returns ``value``; its backward hands precomputed gradients to ``params``.
 
     ``grads`` are the full gradients, ``extras`` the parts of them that are not data-loss
-    gradient, recorded in ``p.grad_extra`` for the optimizer's aggregation.
+    gradient, recorded in ``p.grad_extra`` for the optimizer's aggregation; ``stage`` holds the
+    data loss's per-example statistics, added to the parameters in the same backward pass.
     """
 
     @staticmethod
     def forward(ctx: Any, value: Tensor, grads: list[Tensor | None],
-                extras: list[Tensor | None], *params: Tensor) -> Tensor:
-        ctx.grads, ctx.extras, ctx.params = grads, extras, params
+                extras: list[Tensor | None], stage: Any, *params: Tensor) -> Tensor:
+        ctx.grads, ctx.extras, ctx.stage, ctx.params = grads, extras, stage, params
         return value.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         out: list[Tensor | None] = []
+        scale: Tensor | float = 1.0 if bool(grad_out == 1.0) else grad_out
         for p, g, e in zip(ctx.params, ctx.grads, ctx.extras, strict=True):
-            if e is not None:
-                e = e * grad_out
-                prev = getattr(p, "grad_extra", None)
-                p.grad_extra = e if prev is None else prev.add_(e)
+            if g is not None:
+                fields.commit(p, ctx.stage, extra=None if e is None else e * grad_out,
+                              scale=scale)
             out.append(None if g is None else g * grad_out)
-        return (None, None, None, *out)
+        return (None, None, None, None, *out)
 
 
 class ActivationGradientPenalty:
@@ -229,8 +237,9 @@ class ActivationGradientPenalty:
             raise RuntimeError("No hidden activations were captured: run the model's forward "
                                "pass with gradients enabled before calling the penalty")
         n = len(self.params)
-        first = torch.autograd.grad(loss, [*self.params, *hidden], create_graph=True,
-                                    allow_unused=True)
+        with fields.staged() as stage:  # statistics for the backward of the returned loss
+            first = torch.autograd.grad(loss, [*self.params, *hidden], create_graph=True,
+                                        allow_unused=True)
         data_grads, hidden_grads = first[:n], first[n:]
         with probes_paused():
             penalty = self.beta * self._activation_term(hidden, hidden_grads)
@@ -246,4 +255,4 @@ class ActivationGradientPenalty:
             total.append(ge if gd is None else gd if ge is None else gd + ge)
             split.append(ge)
         value = (loss + extra).detach()
-        return _FeedGrad.apply(value, total, split, *self.params)
+        return _FeedGrad.apply(value, total, split, stage, *self.params)

@@ -32,10 +32,9 @@ from synaprune.optim.schedules import (
     blend_weight,
     noise_scale,
 )
+from synaprune.probes import _fields as fields
 
 BASES = ("sgd", "adam", "adamw")
-# Attributes that PerExampleGradStats and ActivationGradientPenalty leave on parameters.
-_STAT_ATTRS = ("grad_sumsq", "grad_batch_size", "grad_extra")
 
 # The effective values of options left unset (None); weight_decay and blend depend on other
 # options (see SynaPrune.add_param_group). An option is None by default exactly when it only has
@@ -112,8 +111,12 @@ class SynaPrune(Optimizer):
     bit on the CPU.
 
     ``aggregation="rms"`` or ``"blend"`` needs per-example statistics: attach
-    :class:`synaprune.PerExampleGradStats` to the model before the forward pass. Momentum follows
-    torch's convention (v <- mu v + (1 - dampening) d; p <- p - lr v), not Sutskever's.
+    :class:`synaprune.PerExampleGradStats` to the model before the forward pass. They follow
+    ``.grad``: a rescaling of ``.grad`` between backward and step (``clip_grad_norm_``,
+    ``torch.amp.GradScaler`` with ``scaler.step(opt)``, a manual multiplication) scales the
+    aggregated direction alike; any other change of ``.grad`` (weight decay added into it: use
+    ``weight_decay`` here) raises RuntimeError at the step. Momentum follows torch's convention
+    (v <- mu v + (1 - dampening) d; p <- p - lr v), not Sutskever's.
 
     Options that another option makes ineffective are refused (ValueError naming both), not
     ignored: e.g. ``blend`` unless ``aggregation="blend"``, ``blend_schedule``/``blend_steps``
@@ -327,24 +330,23 @@ class SynaPrune(Optimizer):
         super().zero_grad(set_to_none=set_to_none)
         for group in self.param_groups:
             for p in group["params"]:
-                for name in _STAT_ATTRS:
-                    if getattr(p, name, None) is not None:
-                        setattr(p, name, None if name != "grad_batch_size" else 0)
+                fields.clear(p)
 
     # -- the step ---------------------------------------------------------------------------
 
-    def _reduce_stats(self, params: list[Tensor]) -> None:
+    def _reduce_stats(self, params: list[Tensor], stats: list[fields.Stats]) -> None:
         """Sum grad_sumsq and grad_batch_size over ranks, in one all-reduce."""
-        sumsqs = [p.grad_sumsq for p in params]  # type: ignore[attr-defined]
+        sumsqs: list[Tensor] = [s.sumsq for s in stats]  # type: ignore[misc]
         flat = torch.cat([s.reshape(-1) for s in sumsqs]
-                         + [sumsqs[0].new_tensor([float(p.grad_batch_size) for p in params])])
+                         + [sumsqs[0].new_tensor([float(s.batch_size) for s in stats])])
         dist.all_reduce(flat)
         offset = 0
         for s in sumsqs:
             s.copy_(flat[offset:offset + s.numel()].view_as(s))
             offset += s.numel()
-        for i, p in enumerate(params):
-            p.grad_batch_size = round(flat[offset + i].item())  # type: ignore[attr-defined]
+        for i, (p, s) in enumerate(zip(params, stats, strict=True)):
+            s.batch_size = round(flat[offset + i].item())
+            fields.set_batch_size(p, s.batch_size)
 
     def _kicks(self) -> list[bool]:
         """Advance each model's trigger by this step's gradient norm; whether each kicks now."""
@@ -376,15 +378,20 @@ class SynaPrune(Optimizer):
         for group in self.param_groups:
             if group["aggregation"] != "mean":
                 needs_stats.extend(p for p in group["params"] if p.grad is not None)
+        # The statistics of each p.grad, reconciled with whatever was done to .grad since
+        # backward (clipping, unscaling); an irreconcilable change raises here.
+        stats: dict[int, fields.Stats] = {}
         for p in needs_stats:
-            if getattr(p, "grad_sumsq", None) is None:
-                raise RuntimeError(
-                    "aggregation 'rms'/'blend' needs per-example statistics, but a parameter has "
-                    "none: attach synaprune.PerExampleGradStats(model) before the forward pass")
+            s = fields.read(p)
+            if s is None or s.sumsq is None:
+                raise RuntimeError("aggregation 'rms'/'blend' needs per-example statistics, but "
+                                   "a parameter with a gradient has none: "
+                                   + fields.missing_reason(p))
+            stats[id(p)] = s
         use_dist = (self.distributed if self.distributed is not None
                     else dist.is_available() and dist.is_initialized())
         if use_dist and needs_stats and dist.get_world_size() > 1:
-            self._reduce_stats(needs_stats)
+            self._reduce_stats(needs_stats, [stats[id(p)] for p in needs_stats])
 
         kicks = self._kicks() if any(g["noise"] > 0 for g in self.param_groups) else []
         for group in self.param_groups:
@@ -400,9 +407,9 @@ class SynaPrune(Optimizer):
                     raise RuntimeError("SynaPrune does not support sparse gradients")
                 d = p.grad
                 if lam != 0.0:
-                    d = aggregate(p.grad, p.grad_sumsq, p.grad_batch_size,  # type: ignore[attr-defined]
-                                  lam=lam, reduction=getattr(p, "grad_reduction", "mean"),
-                                  extra=getattr(p, "grad_extra", None))
+                    s = stats[id(p)]
+                    d = aggregate(p.grad, s.sumsq, s.batch_size,  # type: ignore[arg-type]
+                                  lam=lam, reduction=s.reduction, extra=s.extra)
                 state = self.state[p]
                 if group["base"] == "sgd":
                     sgd_update(p, d, state, lr=group["lr"], momentum=group["momentum"],

@@ -49,6 +49,7 @@ from torch.autograd import Variable
 from torch.func import functional_call, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from synaprune.probes import _fields as fields
 from synaprune.probes._functional import linear_sumsq
 
 Reduction = Literal["mean", "sum"]
@@ -161,6 +162,37 @@ def _has_grad_tensor(x: Any) -> bool:
     return False
 
 
+def _couples_examples(node: Any) -> bool:
+    """Whether an autograd node is a batch normalisation over the batch's own statistics."""
+    if "BatchNorm" not in type(node).__name__ or not getattr(node, "_saved_training", True):
+        return False
+    try:  # instance norm runs batch_norm on a [1, B * C, ...] view: no coupling across dim 0
+        return node._saved_input.shape[0] > 1
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def _refuse_batch_statistics(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                             output: Tensor) -> None:
+    """Walk the autograd graph of one module call, from its output back to its inputs, and
+    refuse a batch normalisation in training mode inside it (e.g. ``F.batch_norm(x, None, None,
+    training=True)`` in a custom module's forward)."""
+    stop = {id(t.grad_fn) for t in _tensors(args, kwargs) if t.grad_fn is not None}
+    todo, seen = [output.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen or id(node) in stop:
+            continue
+        seen.add(id(node))
+        if _couples_examples(node):
+            raise RuntimeError(
+                f"PerExampleGradStats: {type(module).__name__} normalises with batch statistics "
+                f"({type(node).__name__} in training mode) inside its forward, which couples the "
+                "examples of a batch, so per-example gradients are not defined; normalise with "
+                "running statistics (training=False), GroupNorm/LayerNorm, or remove the probe")
+        todo.extend(nxt for nxt, _ in node.next_functions)
+
+
 def _kind_of(module: nn.Module, force_fallback: bool) -> str:
     """Which computation serves ``module``: a closed form, the unfolded form, or vmap."""
     if force_fallback:
@@ -198,14 +230,24 @@ class PerExampleGradStats:
     parameter ``p`` carries (attribute names are a contract with the optimizer and the monitor):
 
     * ``p.grad_sumsq`` (if ``"sumsq"`` is in ``quantities``): tensor shaped like ``p``,
-      ``sum_i g_i**2`` where ``g_i`` is the gradient of the loss ``l_i`` of example ``i``. It
-      accumulates across backward calls, like ``.grad``.
+      ``sum_i g_i**2`` where ``g_i`` is the gradient of the loss ``l_i`` of example ``i``.
     * ``p.grad_sqnorm_sum`` (if ``"sqnorm"`` is in ``quantities``): 0-d tensor,
-      ``sum_i ||g_i||**2`` (equal to ``p.grad_sumsq.sum()``). It accumulates like ``grad_sumsq``
-      and starts afresh at the first backward pass after ``p.grad_batch_size`` was reset to 0
-      (by :meth:`zero` or :class:`synaprune.SynaPrune`'s ``zero_grad``).
+      ``sum_i ||g_i||**2`` (equal to ``p.grad_sumsq.sum()``).
     * ``p.grad_batch_size``: int, the number of examples accumulated into the statistics.
     * ``p.grad_reduction``: ``"mean"`` or ``"sum"``, the ``reduction`` given here.
+    * ``p.grad_extra`` (or None): gradient in ``p.grad`` that no recorded pass produced (a
+      backward pass while probes were paused, before the probe existed, or the
+      activation-gradient penalty's), kept apart so that aggregation acts on the data gradient.
+
+    The statistics always describe ``p.grad`` (their life cycle is owned by
+    ``synaprune.probes._fields``): they accumulate exactly when ``.grad`` does (micro-batches),
+    start afresh when a backward pass finds ``.grad`` reset (``model.zero_grad()`` or any
+    optimizer's ``zero_grad()``, with ``set_to_none`` True or False, or :meth:`zero`), and follow a
+    rescaling of ``.grad`` (``clip_grad_norm_``, ``GradScaler.unscale_``, a manual multiplication)
+    with the per-example gradients rescaled alike. A change they cannot follow (weight decay or
+    another gradient added into ``.grad``, statistics of an ``autograd.grad`` pass that never
+    reached ``.grad``) raises RuntimeError, saying so, when they are read (by
+    :meth:`sum_grad_sq`, :meth:`sum_grad` or :class:`synaprune.SynaPrune`'s step).
 
     Statistics follow the per-example-loss convention: whether the loss is
     ``L = (1/B) sum_i l_i`` (``reduction="mean"``, output gradients carry a 1/B that the probe
@@ -242,10 +284,23 @@ class PerExampleGradStats:
 
     ``grad_sumsq`` is computed from the local batch only; under DistributedDataParallel sum it
     (and ``grad_batch_size``) over ranks, as :class:`synaprune.SynaPrune` does. Construction
-    calls :meth:`zero`, clearing statistics left on the parameters by an earlier probe.
+    calls :meth:`zero`, clearing statistics left on the parameters by an earlier probe. With
+    ``"sumsq"`` the probe keeps a copy of each ``.grad`` at the end of every backward pass, to
+    recognise a later rescaling (memory: one more gradient).
 
-    Not supported: modules whose gradient couples examples (BatchNorm in training mode raises
-    RuntimeError), modules owning parameters whose output is not a single tensor (e.g. RNNs,
+    Batch normalisation with the batch's own statistics couples the examples (l_i depends on
+    every example), so per-example gradients are not defined; the probe raises RuntimeError for:
+    every ``_BatchNorm`` module (BatchNorm1d/2d/3d, SyncBatchNorm, with or without parameters) in
+    training mode or without running statistics; and a batch norm in training mode (an autograd
+    ``*BatchNormBackward`` node with ``training=True`` over more than one row) inside the forward
+    of a module served by the vmap fallback, e.g. ``F.batch_norm(x, None, None, training=True)``
+    in a custom module. Not detected: such calls in the forward of a module that owns no
+    parameter (other than a ``_BatchNorm``) or between modules (the parent's forward, the loss),
+    and any other operation that mixes examples (``x - x.mean(0)``, attention across the batch):
+    the statistics are then wrong without an error. Eval-mode batch norm, InstanceNorm, LayerNorm
+    and GroupNorm normalise each example alone and are exact.
+
+    Not supported: modules owning parameters whose output is not a single tensor (e.g. RNNs,
     MultiheadAttention: skipped with a warning, their parameters get no statistics), parameters
     used outside their owning module's forward (e.g. ``F.linear(x, other.weight)``: that use is
     not seen; :meth:`sum_grad_sq` raises if a parameter has a gradient but no statistics).
@@ -299,8 +354,6 @@ class PerExampleGradStats:
     # A stand-in probe records nothing for parameters that another attached probe tracks
     # (see :class:`_StandInProbe`); an ordinary probe always records.
     _stands_aside = False
-    # Whether statistics add up over backward passes (like .grad) or each pass replaces them.
-    _accumulates = True
 
     def __init__(self, model: nn.Module, *, reduction: Reduction = "mean",
                  quantities: tuple[Quantity, ...] = ("sumsq",),
@@ -336,9 +389,10 @@ class PerExampleGradStats:
         # Modules sharing a parameter with another module: always go through per-example sums.
         self._tied = {m for ms in owners.values() if len(ms) > 1 for m in ms}
         self._kind = {m: _kind_of(m, self.force_fallback) for m in self._own}
-        # id(p) -> [backward passes booked, their common batch size (None if they differ),
-        #           the grad_batch_size we left on p (to notice resets made from outside)].
-        self._passes: dict[int, list[Any]] = {}
+        # Graph-task id -> id(p) -> where this pass writes p's statistics (p itself, or a
+        # penalty's staging slot), from synaprune.probes._fields.begin.
+        self._dests: dict[int, dict[int, Any]] = {}
+        self._now: dict[int, Any] = {}
         # Graph-task id -> (record, output gradient) pairs received during that backward pass;
         # the gradient is None when the record's statistics were already added in the hook.
         self._pending: dict[int, list[tuple[_Record, Tensor | None]]] = {}
@@ -351,6 +405,10 @@ class PerExampleGradStats:
         self._warned: set[nn.Module] = set()
         self._handles = [m.register_forward_hook(self._forward_hook, with_kwargs=True)
                          for m in self._own]
+        # Batch normalisation without parameters couples the examples all the same.
+        self._handles += [m.register_forward_hook(self._check_batch_norm)
+                          for m in model.modules()
+                          if isinstance(m, _BatchNorm) and m not in self._own]
         self._aside: tuple[int, frozenset[nn.Module]] = (-1, frozenset())
         if not self._stands_aside:
             _register(self)
@@ -377,19 +435,17 @@ class PerExampleGradStats:
         self.remove()
 
     def zero(self) -> None:
-        """Clear the statistics: ``p.grad_sumsq = None``, ``p.grad_sqnorm_sum = None`` (whatever
-        the ``quantities``, so that no stale statistic is left behind), ``p.grad_batch_size = 0``
-        for every tracked parameter, and ``batch_size = 0``. ``p.grad`` is not touched."""
+        """Clear the statistics: ``p.grad_sumsq``, ``p.grad_sqnorm_sum`` and ``p.grad_extra``
+        to None (whatever the ``quantities``, so that no stale statistic is left behind),
+        ``p.grad_batch_size = 0`` for every tracked parameter, and ``batch_size = 0``. ``p.grad``
+        is not touched: gradient left in it is kept apart as ``p.grad_extra`` by the next
+        backward pass (it is not described by any statistics)."""
         aside = (_tracked_elsewhere(self.params) if self._stands_aside
                  else [False] * len(self.params))
         for p, skip in zip(self.params, aside, strict=True):
             if skip:  # a stand-in probe never clears what another probe recorded
                 continue
-            p.grad_sumsq = None  # type: ignore[attr-defined]
-            p.grad_sqnorm_sum = None  # type: ignore[attr-defined]
-            p.grad_batch_size = 0  # type: ignore[attr-defined]
-            p.grad_reduction = self.reduction  # type: ignore[attr-defined]
-        self._passes.clear()
+            fields.clear(p, self.reduction)
         self.batch_size = 0
 
     @contextmanager
@@ -427,24 +483,23 @@ class PerExampleGradStats:
                 gradient without recorded examples).
         """
         self._check_tracked(p)
-        n = int(getattr(p, "grad_batch_size", 0) or 0)
         if p.grad is None:
-            if n == 0:
-                return torch.zeros_like(p)
-            raise RuntimeError("p.grad is None but statistics were recorded: gradients were "
-                               "cleared without PerExampleGradStats.zero()")
+            return torch.zeros_like(p)
+        stats = fields.read(p)
+        if stats is not None and stats.extra is not None and stats.extra.any():
+            raise RuntimeError("p.grad holds gradient that is not from the recorded data loss "
+                               "(p.grad_extra): sum_i g_i cannot be recovered from it")
         if self.reduction == "sum":
             return p.grad
-        if n == 0:
+        if stats is None:
             if not p.grad.any():
                 return torch.zeros_like(p)
-            raise RuntimeError("p.grad is set but no examples were recorded for it since the "
-                               "last zero(); cannot undo the 1/B of a mean-reduced loss")
-        count, size, _ = self._passes.get(id(p), (0, None, 0))
-        if count == 0 or size is None:
+            raise RuntimeError("p.grad is set but no examples were recorded for it; cannot undo "
+                               f"the 1/B of a mean-reduced loss ({fields.missing_reason(p)})")
+        if stats.pass_size is None:
             raise RuntimeError("p.grad accumulates mean-reduced losses of different batch "
                                "sizes; sum_i g_i cannot be recovered from it")
-        return p.grad * (n / count)
+        return p.grad * (stats.batch_size / stats.passes)
 
     def sum_grad_sq(self, p: Tensor) -> Tensor:
         """``sum_i g_i**2`` for a tracked parameter: ``p.grad_sumsq``.
@@ -465,15 +520,13 @@ class PerExampleGradStats:
         if not self._sumsq:
             raise ValueError(f"this PerExampleGradStats computes quantities={self.quantities}, "
                              "not 'sumsq'")
-        sq = getattr(p, "grad_sumsq", None)
-        if sq is not None:
-            return sq
         if p.grad is None:
             return torch.zeros_like(p)
-        raise RuntimeError(
-            "parameter has a gradient but no per-example statistics: it was used outside the "
-            "forward of the module that owns it (e.g. F.linear(x, other.weight)), or the "
-            "backward ran while paused or before PerExampleGradStats was attached")
+        stats = fields.read(p)
+        if stats is not None and stats.sumsq is not None:
+            return stats.sumsq
+        raise RuntimeError("parameter has a gradient but no per-example statistics: "
+                           + fields.missing_reason(p))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(reduction={self.reduction!r}, "
@@ -517,13 +570,10 @@ class PerExampleGradStats:
         if self._stands_aside and module in self._modules_aside():
             return
         kind = self._kind[module]
-        if isinstance(module, _BatchNorm) and (module.training or module.running_mean is None):
-            raise RuntimeError(
-                f"PerExampleGradStats: {type(module).__name__} normalising with batch statistics "
-                "(training mode, or no running statistics) couples the examples of a batch, so "
-                "per-example gradients are not defined; use eval mode, GroupNorm/LayerNorm, or "
-                "remove the probe")
+        if isinstance(module, _BatchNorm):
+            self._check_batch_norm(module, args, output)
         if kind is _FALLBACK:
+            _refuse_batch_statistics(module, args, kwargs, output)
             args = tuple(_detach(a) for a in args)
             kwargs = {k: _detach(v) for k, v in kwargs.items()}
             first = next(iter(_tensors(args, kwargs)), None)
@@ -544,6 +594,18 @@ class PerExampleGradStats:
         self._live[module].add(record)
         output.register_hook(functools.partial(self._on_grad, record))
 
+    def _check_batch_norm(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Refuse batch normalisation that normalises with the batch's own statistics."""
+        if not self._active() or not isinstance(output, Tensor) or not output.requires_grad:
+            return
+        bn: _BatchNorm = module  # type: ignore[assignment]
+        if bn.training or bn.running_mean is None:
+            raise RuntimeError(
+                f"PerExampleGradStats: {type(module).__name__} normalising with batch statistics "
+                "(training mode, or no running statistics) couples the examples of a batch, so "
+                "per-example gradients are not defined; use eval mode, GroupNorm/LayerNorm, or "
+                "remove the probe")
+
     def _on_grad(self, record: _Record, grad: Tensor) -> None:
         if not self._active():
             return
@@ -553,6 +615,13 @@ class PerExampleGradStats:
             pending = self._pending[task] = []
             Variable._execution_engine.queue_callback(functools.partial(self._finalize, task))
         module = record.module
+        # Before p.grad accumulates in this pass: decide whether its statistics accumulate or
+        # start afresh (synaprune.probes._fields owns that life cycle).
+        dests = self._dests.setdefault(task, {})
+        for p in self._own[module].values():
+            if p.requires_grad and id(p) not in dests:
+                dests[id(p)] = fields.begin(p, keep_ref=self._sumsq)
+        self._now = dests
         if (record.kind is not _FALLBACK and module not in self._tied
                 and len(self._live[module]) == 1):
             # The only call of this module whose graph is alive: no other gradient can reach
@@ -572,14 +641,17 @@ class PerExampleGradStats:
     def _finalize(self, task: int) -> None:
         """Runs once at the end of each backward pass that reached a hooked module."""
         fired = self._pending.pop(task, None)
+        dests = self._dests.pop(task, {})
         if not fired or self._removed:
             return
         self._computing = True
+        self._now = dests
         try:
             with torch.no_grad():
                 self._record(fired)
         finally:
             self._computing = False
+            self._now = {}
 
     # -- computation -----------------------------------------------------------------------------
 
@@ -630,35 +702,18 @@ class PerExampleGradStats:
 
     def _count(self, p: Tensor, b: int) -> None:
         """Book one backward pass of ``b`` examples into ``p``'s counters (once per pass)."""
-        n = int(getattr(p, "grad_batch_size", 0) or 0) if self._accumulates else 0
-        passes = self._passes.get(id(p))
-        if n == 0 or passes is None or passes[2] != n:  # fresh, or reset from outside
-            passes = self._passes[id(p)] = [0, b, 0] if n == 0 else [0, None, n]
-        passes[0] += 1
-        if passes[1] != b:
-            passes[1] = None
-        passes[2] = n + b
-        p.grad_batch_size = n + b  # type: ignore[attr-defined]
-        p.grad_reduction = self.reduction  # type: ignore[attr-defined]
+        fields.book(self._now[id(p)], b, self.reduction)
 
     def _fresh(self, p: Tensor, name: str) -> bool:
-        """Whether statistic ``name`` of ``p`` starts afresh in this backward pass."""
-        if not self._accumulates:
-            return True
-        if getattr(p, name, None) is None:
-            return True
-        # grad_sqnorm_sum is not cleared by SynaPrune.zero_grad; grad_batch_size is, and it is
-        # booked only at the end of a pass, so 0 here means nothing accumulated since the reset.
-        return name == "grad_sqnorm_sum" and not getattr(p, "grad_batch_size", 0)
+        """Whether statistic ``name`` of ``p`` is absent in this pass's destination (the
+        decision to start afresh was taken by ``fields.begin`` before ``.grad`` accumulated)."""
+        return getattr(self._now[id(p)], name, None) is None
 
     def _put(self, p: Tensor, name: str, value: Tensor, alpha: float) -> None:
-        """``p.<name> += alpha * value`` (or ``=`` when fresh). ``value`` must be a new tensor."""
+        """``p.<name> += alpha * value`` (or ``=`` when absent). ``value`` must be a new tensor."""
         if value.dtype != p.dtype:
             value = value.to(p.dtype)
-        if self._fresh(p, name):
-            setattr(p, name, value.mul_(alpha) if alpha != 1.0 else value)
-        else:
-            getattr(p, name).add_(value, alpha=alpha)
+        fields.put(self._now[id(p)], name, value, alpha)
 
     def _add_stats(self, rec: _Record, delta: Tensor, alpha: float) -> None:
         """Add alpha * the statistics of a module called once in this backward pass."""
@@ -700,22 +755,20 @@ class PerExampleGradStats:
         d2 = delta.square()  # [B, out]
         dn2 = d2.sum(1).mul_(alpha) if self._sqnorm else None  # [B] alpha ||delta_i||**2
         a2 = a.square() if need_w else None  # [B, in]
-        if self._sqnorm:
-            if need_w:
-                self._put(w, "grad_sqnorm_sum", torch.dot(dn2, a2.sum(1)),  # type: ignore[arg-type]
-                          1.0)
-            if need_b:
-                self._put(b, "grad_sqnorm_sum", dn2.sum(), 1.0)  # type: ignore[arg-type, union-attr]
-        ws, bs = linear_sumsq(
-            a2, d2, weight=need_w, bias=need_b, alpha=alpha,
-            out_weight=None if not need_w or self._fresh(w, "grad_sumsq")  # type: ignore[arg-type]
-            else w.grad_sumsq,  # type: ignore[union-attr]
-            out_bias=None if not need_b or self._fresh(b, "grad_sumsq")  # type: ignore[arg-type]
-            else b.grad_sumsq)  # type: ignore[union-attr]
-        if need_w:
-            w.grad_sumsq = ws  # type: ignore[union-attr]
-        if need_b:
-            b.grad_sumsq = bs  # type: ignore[union-attr]
+        if self._sqnorm and need_w:
+            self._put(w, "grad_sqnorm_sum", torch.dot(dn2, a2.sum(1)),  # type: ignore[arg-type]
+                      1.0)
+        if need_b and self._sqnorm:
+            self._put(b, "grad_sqnorm_sum", dn2.sum(), 1.0)  # type: ignore[arg-type, union-attr]
+        dw = self._now[id(w)] if need_w else None
+        db = self._now[id(b)] if need_b else None
+        ws, bs = linear_sumsq(a2, d2, weight=need_w, bias=need_b, alpha=alpha,
+                              out_weight=None if dw is None else dw.grad_sumsq,
+                              out_bias=None if db is None else db.grad_sumsq)
+        if dw is not None:
+            dw.grad_sumsq = ws
+        if db is not None:
+            db.grad_sumsq = bs
 
     def _chunked_sums(self, rec: _Record, own: dict[str, nn.Parameter], delta: Tensor,
                       reduce: Callable[[Tensor], Tensor]) -> list[tuple[nn.Parameter, Tensor]]:
@@ -924,13 +977,11 @@ class _StandInProbe(PerExampleGradStats):
     """A probe that fills a gap: for tools (the training monitor) that need per-example
     statistics on every step but must not disturb a probe the user attached for the optimizer.
 
-    It differs from :class:`PerExampleGradStats` in two ways. It stands aside for any module
+    It differs from :class:`PerExampleGradStats` in one way: it stands aside for any module
     whose parameters another attached probe tracks, whenever that probe was attached (before or
     after this one): it records nothing there, so those parameters' statistics, batch size and
-    reduction are the other probe's alone, and :meth:`zero` does not clear them. And each backward
-    pass replaces its statistics instead of adding to them, so they always describe the latest
-    pass without anyone having to call :meth:`zero` (a ``torch.optim`` optimizer does not).
+    reduction are the other probe's alone, and :meth:`zero` does not clear them. (Like every
+    probe's, its statistics follow ``.grad``, so a ``torch.optim`` ``zero_grad`` resets them.)
     """
 
     _stands_aside = True
-    _accumulates = False
