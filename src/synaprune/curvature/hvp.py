@@ -19,9 +19,9 @@ Three ways to compute a product H v (all give the same numbers up to rounding):
 
 * ``"reuse-graph"`` (default): the gradient g is computed once with ``create_graph=True`` and kept;
   each product is one backward pass of g . v, ``autograd.grad(g, params, grad_outputs=v,
-  retain_graph=True)``. On a 5.6k-parameter MLP it costs about 1.3-1.7x a plain gradient
-  (forward + backward; docs/benchmarks-curvature.md), but it keeps the first-order graph of every
-  batch in memory for as long as the operator lives.
+  retain_graph=True)``. On a 5.6k-parameter MLP it costs about 1.6x a plain gradient
+  (forward + backward), within 0.1x of a bare double backward (docs/benchmarks-curvature.md),
+  but it keeps the first-order graph of every batch in memory for as long as the operator lives.
 * ``"rebuild"``: every product runs forward, backward with ``create_graph=True`` and a second
   backward over each batch again (about 2.3-2.8x a plain gradient); memory is one batch's.
 * ``"forward-over-reverse"``: ``torch.func.jvp`` of a reverse-mode gradient (about 5-6x), with no
