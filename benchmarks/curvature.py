@@ -23,8 +23,9 @@ multiplies by the same Hessian; products are counted by wrapping the product fun
 
 Methods:
 
-* synaprune ``lanczos`` (full reorthogonalisation, residual tolerance 1e-6 relative):
-  top-5 alone, bottom-5 alone, and both ends in one call;
+* synaprune ``lanczos`` (block Lanczos, default block of 2 random starts, full
+  reorthogonalisation, residual tolerance 1e-6 relative, multiplicity check): top-5 alone,
+  bottom-5 alone, and both ends in one call;
 * pyhessian ``hessian.eigenvalues(top_n=5)``: deflated power iteration with its defaults
   (maxIter=100, tol=1e-3 on the change of the eigenvalue between iterations);
 * scipy ``eigsh`` (ARPACK, implicitly restarted Lanczos) on the same operator through
@@ -201,6 +202,14 @@ def time_hvp_paths(model: nn.Module, x: Tensor, y: Tensor, reps: int) -> dict[st
     def plain_backward() -> None:
         torch.autograd.grad(graph, params, retain_graph=True)
 
+    # The floor of a reuse-graph product: one bare double backward over a kept gradient graph.
+    kept = torch.autograd.grad(F.mse_loss(model(x), y), params, create_graph=True)
+    vs = [torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=p.dtype)
+          for p in params]
+
+    def bare_double_backward() -> None:
+        torch.autograd.grad(kept, params, grad_outputs=vs, retain_graph=True)
+
     # forward-over-reverse of F.mse_loss works through jacrev (see HessianOperator's docs).
     ops = {m: HessianOperator(model, F.mse_loss, (x, y), method=m) for m in HVP_METHODS}
     v = torch.randn(
@@ -209,6 +218,7 @@ def time_hvp_paths(model: nn.Module, x: Tensor, y: Tensor, reps: int) -> dict[st
     calls: dict[str, Callable[[], object]] = {
         GRADIENT: plain_gradient,
         BACKWARD: plain_backward,
+        BARE: bare_double_backward,
     }
     for m, op in ops.items():
         calls[f"HVP {m}"] = lambda op=op: op.matvec(v)
@@ -226,6 +236,7 @@ def time_hvp_paths(model: nn.Module, x: Tensor, y: Tensor, reps: int) -> dict[st
 
 GRADIENT = "plain gradient (forward + backward)"
 BACKWARD = "plain backward (graph built beforehand)"
+BARE = "bare double backward (gradient graph kept, torch.autograd.grad only)"
 
 
 def run_all(

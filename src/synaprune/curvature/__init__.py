@@ -1,7 +1,7 @@
 """Curvature of a model's loss, matrix-free: Hessian-vector products and what they give.
 
 * :class:`HessianOperator`, :func:`hvp`: H v for the dataset's mean loss (three methods).
-* :func:`lanczos`: extreme eigenvalues (and vectors) with full reorthogonalisation.
+* :func:`lanczos`: extreme eigenvalues (and vectors), counted with multiplicity (block Lanczos).
 * :func:`hutchinson_trace`: trace(H) with a standard error.
 * :func:`spectral_density`: eigenvalue density by stochastic Lanczos quadrature.
 * :func:`gradient_curvature`: g^T H g / g^T g.

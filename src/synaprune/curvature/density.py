@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from synaprune.curvature.lanczos import _orthogonalise
+from synaprune.curvature.lanczos import krylov_basis
 from synaprune.curvature.operator import FlatOperator, as_flat_operator, rademacher
 
 
@@ -81,25 +81,13 @@ def gaussian_density(nodes: Tensor, weights: Tensor, grid: Tensor, sigma: float)
 
 
 def _tridiagonal(flat: FlatOperator, v0: Tensor, steps: int) -> tuple[Tensor, int]:
-    """Lanczos with full reorthogonalisation from unit ``v0``; returns (T [m, m], products)."""
-    basis = torch.zeros(steps, flat.dim, dtype=flat.dtype, device=flat.device)
-    proj = torch.zeros(steps, steps, dtype=torch.float64)
-    basis[0] = v0
-    m = 0
-    scale = 0.0
-    for j in range(steps):
-        w = flat.matvec(basis[j]).to(dtype=flat.dtype, device=flat.device)
-        w, h = _orthogonalise(w, basis[: j + 1])
-        h64 = h.to(device="cpu", dtype=torch.float64)
-        proj[: j + 1, j] = h64
-        proj[j, : j + 1] = h64
-        m = j + 1
-        beta = float(torch.linalg.vector_norm(w))
-        scale = max(scale, abs(float(h64[j])), beta)
-        if m == steps or beta <= torch.finfo(flat.dtype).eps ** (2.0 / 3.0) * scale:
-            break  # an invariant Krylov space: the quadrature is exact for this probe
-        basis[m] = w / beta
-    return proj[:m, :m], m
+    """Lanczos from unit ``v0`` (:func:`krylov_basis`); returns (T [m, m] float64, products m).
+
+    A probe whose Krylov space becomes invariant stops early: the quadrature is then exact."""
+    kb = krylov_basis(lambda v: flat.matvec(v[0]).to(dtype=flat.dtype, device=flat.device)[None],
+                      v0[None], steps)
+    m = int(kb.dims[0])
+    return kb.proj[0, :m, :m].to(device="cpu", dtype=torch.float64), m
 
 
 def spectral_density(

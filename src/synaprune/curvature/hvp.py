@@ -19,9 +19,9 @@ Three ways to compute a product H v (all give the same numbers up to rounding):
 
 * ``"reuse-graph"`` (default): the gradient g is computed once with ``create_graph=True`` and kept;
   each product is one backward pass of g . v, ``autograd.grad(g, params, grad_outputs=v,
-  retain_graph=True)``. On a 5.6k-parameter MLP it costs about 1.3-1.7x a plain gradient
-  (forward + backward; docs/benchmarks-curvature.md), but it keeps the first-order graph of every
-  batch in memory for as long as the operator lives.
+  retain_graph=True)``. On a 5.6k-parameter MLP it costs about 1.6x a plain gradient
+  (forward + backward), within 0.1x of a bare double backward (docs/benchmarks-curvature.md),
+  but it keeps the first-order graph of every batch in memory for as long as the operator lives.
 * ``"rebuild"``: every product runs forward, backward with ``create_graph=True`` and a second
   backward over each batch again (about 2.3-2.8x a plain gradient); memory is one batch's.
 * ``"forward-over-reverse"``: ``torch.func.jvp`` of a reverse-mode gradient (about 5-6x), with no
@@ -222,6 +222,10 @@ class HessianOperator:
         assert grads is not None
         self.loss = total_loss
         self._grads = grads if keep else None
+        # The pieces of the kept gradient that depend on the parameters (a piece that does not
+        # has zero second derivatives), fixed once so that a product is one bare backward.
+        self._linked = [i for i, g in enumerate(grads) if keep and g.requires_grad]
+        self._linked_grads = [grads[i] for i in self._linked]
         self._gradient = torch.cat([g.detach().reshape(-1) for g in grads])
 
     # ----------------------------------------------------------------------------- vectors
@@ -290,6 +294,8 @@ class HessianOperator:
                 differentiate forward-over-reverse ("ZeroTensors are immutable").
         """
         if isinstance(v, Tensor):
+            if self.method == "reuse-graph":
+                return self._reuse_graph_flat(self._check_flat(v))
             return self.flatten(self._product(self.unflatten(v)))
         if isinstance(v, (list, tuple)):
             return self._product(self._check_list(v))
@@ -344,6 +350,25 @@ class HessianOperator:
                 hv = [h * w for h in self._forward_over_reverse(x, y, vs)]
             out = [a + b for a, b in zip(out, hv, strict=True)]
         return out
+
+    def _reuse_graph_flat(self, v: Tensor) -> Tensor:
+        """H v for flat v by one backward over the kept gradient graph, without the list
+        checks and copies of the general path (the common case of the eigen-solvers)."""
+        self.num_products += 1
+        if not self._linked:  # the gradient does not depend on the parameters: H = 0
+            return torch.zeros_like(v)
+        parts = v.split(self._numels)
+        hv = torch.autograd.grad(
+            self._linked_grads,
+            self.params,
+            grad_outputs=[parts[i].view(self.shapes[i]) for i in self._linked],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return torch.cat([
+            torch.zeros(n, dtype=self.dtype, device=self.device) if h is None else h.reshape(-1)
+            for h, n in zip(hv, self._numels, strict=True)
+        ])
 
     def _backward_of_gradient(
         self, grads: Sequence[Tensor | None], vs: list[Tensor], *, retain_graph: bool

@@ -256,6 +256,8 @@ def diagnose(
             smallest, largest, converged = [val], [val], True
     max_abs = max(abs(smallest[0]), abs(largest[-1]))
     neg_cut = -NEG_EIG_TOL * max_abs
+    # Counted with multiplicity: lanczos returns a repeated eigenvalue once per copy (and
+    # converged=False rather than a spectrum with a copy missing), so each copy is counted.
     num_negative = sum(1 for v in smallest if v < neg_cut)
     lower_bound = num_negative == len(smallest) and len(smallest) < n
     index = num_negative / n

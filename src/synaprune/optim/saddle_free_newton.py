@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from synaprune.curvature.lanczos import krylov_basis
 from synaprune.optim._stacked import check_num_models, check_stacked
 
 __all__ = ["SaddleFreeNewton"]
@@ -251,42 +252,13 @@ class SaddleFreeNewton(Optimizer):
     def _direction(self, g: Tensor, hvp: Callable[[Tensor], Tensor], damping: float,
                    krylov_dim: int) -> Tensor:
         """V Q diag(1 / (|theta| + damping)) Q^T V^T g for each model; g and result [S, n]."""
-        s, n = g.shape
+        n = g.shape[1]
         k = min(krylov_dim, n)
         dtype, device = g.dtype, g.device
-        floor = torch.finfo(dtype).eps ** (2.0 / 3.0)  # breakdown test, as curvature.lanczos
-        gnorm = torch.linalg.vector_norm(g, dim=1)  # [S]
-        finite = torch.isfinite(gnorm)
-        active = finite & (gnorm > 0)  # models whose recursion is still running
-        basis = torch.zeros(s, k, n, dtype=dtype, device=device)  # V^T: row j is q_{j+1}
-        proj = torch.zeros(s, k, k, dtype=dtype, device=device)  # T = V^T H V
-        dims = torch.zeros(s, dtype=torch.long, device=device)  # vectors per model
-        scale = torch.zeros(s, dtype=dtype, device=device)  # largest ||H q_j|| so far
-        # Where a model stops, 0/0 may appear below; torch.where discards it.
-        basis[:, 0] = torch.where(active[:, None], g / gnorm[:, None], 0.0)
-        for j in range(k):
-            dims += active.long()
-            w = torch.where(active[:, None], hvp(basis[:, j]), 0.0)
-            finite &= torch.isfinite(w).all(dim=1)
-            w = torch.where(finite[:, None], w, 0.0)
-            scale = torch.maximum(scale, torch.linalg.vector_norm(w, dim=1))
-            vs = basis[:, : j + 1]  # [S, j+1, n]
-            # Classical Gram-Schmidt twice: orthogonal to working precision, and the
-            # coefficients are the exact projections V^T H q_j (column j of T).
-            h = torch.einsum("sin,sn->si", vs, w)
-            w = w - torch.einsum("sin,si->sn", vs, h)
-            h2 = torch.einsum("sin,sn->si", vs, w)
-            w = w - torch.einsum("sin,si->sn", vs, h2)
-            h = h + h2
-            proj[:, : j + 1, j] = h
-            proj[:, j, : j + 1] = h
-            if j + 1 == k:
-                break
-            beta = torch.linalg.vector_norm(w, dim=1)
-            active &= finite & (beta > floor * scale)  # else: invariant subspace, stop
-            basis[:, j + 1] = torch.where(active[:, None], w / beta[:, None], 0.0)
-            if not bool(active.any()):
-                break
+        # The one Lanczos process of synaprune.curvature, on the S stacked models at once.
+        kb = krylov_basis(hvp, g, k)
+        basis, dims, finite = kb.basis, kb.dims, kb.finite
+        proj = kb.proj
         # Unused slots: a dummy eigenvalue beyond the model's spectrum (||T||_F bounds it), so
         # eigh keeps it apart from the true Ritz values; its coefficient in V^T g is zero.
         used = torch.arange(k, device=device)[None, :] < dims[:, None]  # [S, k]
