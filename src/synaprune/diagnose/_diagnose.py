@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,7 +24,13 @@ from synaprune.curvature import (
     gradient_curvature,
     lanczos,
 )
-from synaprune.diagnose._measured import RunSettings, measured, measured_summary, run_settings
+from synaprune.diagnose._measured import (
+    RunSettings,
+    check_problem,
+    measured,
+    measured_summary,
+    run_settings,
+)
 from synaprune.diagnose._report import Diagnosis, Finding, LayerReport
 from synaprune.optim import cancellation as coordinate_cancellation
 from synaprune.probes import probes_paused
@@ -105,6 +112,8 @@ SATURATED_SHARE = 0.25
 # more than CLIFF_RISE of itself (more than doubles): the step was catapulted off a cliff.
 CLIFF_GRAD = 10.0
 CLIFF_RISE = 1.0
+# Seconds before the progress bar appears: a diagnosis that is over by then prints nothing.
+PROGRESS_DELAY = 2.0
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 _RELU_TYPES = (nn.ReLU,)
@@ -341,6 +350,7 @@ def diagnose(
     if loss_floor is not None and not math.isfinite(float(loss_floor)):
         raise ValueError(f"loss_floor must be a finite number or None, got {loss_floor}")
     settings = run_settings(method)
+    check_problem(problem)
     bar = _Progress(progress)
     bar.stage("loss, gradient flow, per-example gradients")
 
@@ -489,7 +499,7 @@ def _stall_at_infinity(hist: Mapping[str, Any]) -> bool:
 class _Progress:
     """Progress on stderr (tqdm): the phase, then a count of Hessian-vector products.
 
-    Shown only once the diagnosis has run for 2 s (tqdm's ``delay``), so quick diagnoses
+    Shown only once the diagnosis has run for PROGRESS_DELAY (tqdm's ``delay``), so quick ones
     print nothing; off when ``enabled`` is False, or None and stderr is not a terminal.
     """
 
@@ -497,16 +507,17 @@ class _Progress:
         if enabled is None:
             enabled = sys.stderr is not None and sys.stderr.isatty()
         self.bar: Any = None
+        self.start = time.monotonic()
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc="diagnose", unit=" products", delay=2.0, file=sys.stderr,
-                            leave=False, dynamic_ncols=True)
+            self.bar = tqdm(desc="diagnose", unit=" products", delay=PROGRESS_DELAY,
+                            file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def stage(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(f"diagnose: {text}", refresh=False)
-            self.bar.update(0)
+            shown = time.monotonic() - self.start >= PROGRESS_DELAY
+            self.bar.set_description_str(f"diagnose: {text}", refresh=shown)
 
     def track(self, op: Any, text: str) -> None:
         """Count ``op``'s products on the bar (wraps the instance's ``matvec``)."""
@@ -643,7 +654,8 @@ def _labels(model: nn.Module, activations: Mapping[str, Tensor]) -> dict[str, st
         shown = name or "model"
         if name in activations:
             h = activations[name]
-            units = f", {h.shape[1]} units" if h.dim() >= 2 else ""
+            units = (f", {h.shape[1]} unit{'s' if h.shape[1] != 1 else ''}"
+                     if h.dim() >= 2 else "")
             after = f" after {previous}" if previous else ""
             out[name] = f"{shown} ({_describe(m)}{after}{units})"
         elif isinstance(getattr(m, "weight", None), Tensor) and m.weight.dim() >= 2:

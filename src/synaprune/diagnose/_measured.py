@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MEASURED", "RunSettings", "measured", "measured_summary", "run_settings"]
+__all__ = ["MEASURED", "RunSettings", "check_problem", "measured", "measured_summary",
+           "run_settings"]
 
 # (problem name, method name) -> (successes, seeds). Baseline: the row of "gd" (at its tuned
 # learning rate) of the same problem. Problems: xor (2-2-1 sigmoid, MSE), teacher-student
@@ -111,6 +112,21 @@ class Measurement:
         return (f"on {self.problem} the lab measured {self.method} {self.successes}/"
                 f"{self.seeds} against gd's {self.gd_successes}/{self.gd_seeds}, {word} gd "
                 f"({SOURCE})")
+
+
+def check_problem(problem: str | None) -> str | None:
+    """The lab problem name of ``problem`` (a name or spec), or None.
+
+    Raises:
+        ValueError: a name that is not a lab problem.
+    """
+    from synaprune.problems import list_problems
+
+    name = _problem_name(problem)
+    if name is not None and name not in list_problems():
+        raise ValueError(f"unknown lab problem {name!r}; expected one of "
+                         f"{', '.join(list_problems())}")
+    return name
 
 
 def _problem_name(problem: str | None) -> str | None:
@@ -251,7 +267,7 @@ def run_settings(method: Any) -> RunSettings:
         noisy = method.name in ("perturbed-gd", "gradient-noise") or (
             float(getattr(method, "noise", 0.0) or 0.0) > 0)
         return RunSettings(
-            name=method.name, description=f"the lab method {method.name}",
+            name=method.name, description=method.spec,
             per_coordinate=method.name == "adam" or getattr(method, "base", "") == "adam",
             aggregation=aggregation, blend=blend, noise=noisy,
             penalty=method.penalty is not None,
