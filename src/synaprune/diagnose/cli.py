@@ -184,7 +184,8 @@ def _is_state_dict(obj: Any) -> bool:
 def _unwrap_checkpoint(model_state: dict[str, Tensor], loaded: Any, path: str) -> Any:
     """The state dict inside what was loaded, with any key prefix removed.
 
-    A plain state dict is returned as it is. A dict holding a state dict under one of
+    A plain state dict is returned as it is, or without a prefix (DataParallel's
+    ``"module."``) when that makes its keys the model's. A dict holding a state dict under one of
     ``_STATE_KEYS`` (a Lightning checkpoint's ``state_dict``, a training loop's ``model``) gives
     that state dict; its keys may carry a prefix (Lightning's ``"model."`` for a LightningModule
     whose network is ``self.model``), stripped when the stripped keys are exactly the model's.
@@ -193,10 +194,12 @@ def _unwrap_checkpoint(model_state: dict[str, Tensor], loaded: Any, path: str) -
         UsageError: a dict that holds no state dict (the message lists its keys), or a state
             dict whose keys match none of the model's, even without a prefix.
     """
-    if not isinstance(loaded, dict) or _is_state_dict(loaded):
+    if not isinstance(loaded, dict):
         return loaded
     found = [k for k in _STATE_KEYS if _is_state_dict(loaded.get(k))]
-    if not found:
+    if _is_state_dict(loaded):
+        found, loaded = ["state dict"], {"state dict": loaded}  # e.g. DataParallel's "module."
+    elif not found:
         keys = ", ".join(repr(k) for k in list(loaded)[:12]) or "none (it is empty)"
         more = f" and {len(loaded) - 12} more" if len(loaded) > 12 else ""
         raise _usage(f"checkpoint {path} is a dict without a state dict: it has keys {keys}{more};"
@@ -205,22 +208,26 @@ def _unwrap_checkpoint(model_state: dict[str, Tensor], loaded: Any, path: str) -
     state = loaded[found[0]]
     if set(state) == set(model_state):
         return state
-    # A prefix p such that {key minus p} are exactly the model's keys.
+    # The prefix p (possibly "") whose stripped keys {key minus p} match the most of the
+    # model's keys; keys without p (e.g. a LightningModule's loss module) are left out.
     wanted = set(model_state)
-    for key in state:
-        for name in wanted:
-            if key.endswith(name) and key != name:
-                prefix = key[: len(key) - len(name)]
-                stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-                if set(stripped) == wanted:
-                    return stripped
-    if not any(key.endswith(name) for key in state for name in wanted):
+    prefixes = {""} | {key[: len(key) - len(name)] for key in state for name in wanted
+                       if key.endswith(name)}
+    best, stripped = 0, state
+    for prefix in sorted(prefixes):
+        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        hits = len(set(candidate) & wanted)
+        if hits > best:
+            best, stripped = hits, candidate
+    if best == 0 and found[0] == "state dict":
+        return state  # _check_state names the missing and unexpected keys
+    if best == 0:
         sample = ", ".join(list(state)[:4])
         ours = ", ".join(list(model_state)[:4])
         raise _usage(f"checkpoint {path}: the keys of its {found[0]!r} ({sample}, ...) match "
                      f"none of the model's ({ours}, ...), with or without a prefix: is it a "
                      "checkpoint of this model?")
-    return state  # some keys match: _check_state names the missing and unexpected ones
+    return stripped  # _check_state names any missing or unexpected keys
 
 
 def load_checkpoint(model: nn.Module, path: str) -> None:
