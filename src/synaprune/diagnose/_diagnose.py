@@ -547,10 +547,13 @@ def _first_order(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
     relu_out: dict[str, Tensor] = {}
     handles = []
 
+    called: list[str] = []  # modules in the order the forward pass called them
+
     def keep(name: str, store: dict[str, Tensor]) -> Callable[..., None]:
         def hook(_m: nn.Module, _a: Any, out: Any) -> None:
             if isinstance(out, Tensor) and name not in store:
                 store[name] = out
+                called.append(name)
                 if out.requires_grad:
                     out.retain_grad()
         return hook
@@ -605,7 +608,7 @@ def _first_order(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
         if h.numel():
             ratio = _SATURATING[type(model.get_submodule(name))][1](h.detach())
             saturated[name] = float((ratio < SATURATED_DERIV).double().mean())
-    labels = _labels(model, {**relu_out, **saturating_out})
+    labels = _labels(model, {**relu_out, **saturating_out}, called)
 
     canc, share = math.nan, math.nan
     try:
@@ -645,22 +648,27 @@ def _describe(m: nn.Module) -> str:
     return kind
 
 
-def _labels(model: nn.Module, activations: Mapping[str, Tensor]) -> dict[str, str]:
+def _labels(model: nn.Module, activations: Mapping[str, Tensor],
+            called: Sequence[str]) -> dict[str, str]:
     """Readable labels of the layers and activation modules: "0 (Linear 4→8)", "1 (ReLU after
-    0, 8 units)" (the root module, named "", is "model")."""
+    0, 8 units)"; "after" names the layer the forward pass called last before the activation
+    (``called``: the hooked modules in call order). The root module, named "", is "model"."""
+    modules = dict(model.named_modules())
     out: dict[str, str] = {}
+    for name, m in modules.items():
+        if name not in activations and isinstance(getattr(m, "weight", None), Tensor) and (
+                m.weight.dim() >= 2):
+            out[name] = f"{name or 'model'} ({_describe(m)})"
     previous = ""
-    for name, m in model.named_modules():
-        shown = name or "model"
+    for name in called:
         if name in activations:
             h = activations[name]
             units = (f", {h.shape[1]} unit{'s' if h.shape[1] != 1 else ''}"
                      if h.dim() >= 2 else "")
             after = f" after {previous}" if previous else ""
-            out[name] = f"{shown} ({_describe(m)}{after}{units})"
-        elif isinstance(getattr(m, "weight", None), Tensor) and m.weight.dim() >= 2:
-            out[name] = f"{shown} ({_describe(m)})"
-            previous = shown
+            out[name] = f"{name or 'model'} ({_describe(modules[name])}{after}{units})"
+        else:
+            previous = name
     return out
 
 

@@ -8,8 +8,10 @@
 ``--model`` is either ``mlp:W0-W1-...-WL:ACT`` (layer widths, then the hidden activation; the
 model is ``nn.Sequential(Linear(W0, W1), ACT, ..., Linear(W(L-1), WL))``, so a state dict saved
 from that ``nn.Sequential`` loads) or ``module:function``, a function importable from the current
-directory that returns the ``nn.Module``. The checkpoint is a state dict saved with
-``torch.save(model.state_dict(), path)`` and read with ``torch.load(..., weights_only=True)``.
+directory that returns the ``nn.Module``. The checkpoint, read with ``torch.load(...,
+weights_only=True)``, is a state dict (``torch.save(model.state_dict(), path)``), a Lightning
+``.ckpt`` (its ``state_dict``; a key prefix such as ``model.`` is stripped to match the model's
+keys) or a dict holding the state dict under ``"model"`` beside other entries.
 The data file is an ``.npz`` with arrays ``x`` [N, ...] and ``y`` ([N] or [N, out] floats for
 ``--loss mse``; [N] integer class labels for ``--loss cross-entropy``). The diagnosis runs in
 float64. A ``torch.export`` program saved with ``torch.export.save`` (``--checkpoint
@@ -19,7 +21,10 @@ model.pt2``, exported with a dynamic batch dimension) needs no ``--model``.
 bench``: the model is ``get_problem(problem).build_model(seed)`` (buffers as built) with the
 stored parameters loaded strictly, the data are the problem's training split and the loss is the
 problem's own mean loss (``problem.loss_fn``), so the diagnosis is of the objective the run
-minimised. A problem whose loss is exact (``teacher-student`` with ``exact=True``) has no data,
+minimised. The run's stored curve (loss and gradient norm at about 100 steps) is the history,
+with the parameter norm at the start (rebuilt from the seed) and at the end (the store keeps no
+other); the run's method and problem decide which remedies are offered. A problem whose loss is
+exact (``teacher-student`` with ``exact=True``) has no data,
 and :func:`~synaprune.diagnose.diagnose` needs data; such runs are refused rather than diagnosed on
 samples, whose empirical loss is a different function with a different gradient.
 """
