@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -100,3 +102,73 @@ def per_example_grads(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor
                                for p in model.parameters()]))
     model.zero_grad()
     return torch.stack(rows)
+
+
+def interpolating_least_squares(scale: float, n: int = 8, d: int = 12,
+                                seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
+    """Over-parameterised least squares (n < d) at its minimum-norm interpolant: loss ~1e-30
+    times scale^2, zero to rounding."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=DT)
+    y = scale * torch.randn(n, 1, generator=g, dtype=DT)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    return model, x, y
+
+
+def interpolating_tanh(scale: float, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
+    """A 2-16-1 tanh MLP fitted by LBFGS to 10 random targets of size ``scale`` until the loss
+    stops falling (~1e-30 times scale^2)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(10, 2, generator=g, dtype=DT)
+    y = scale * torch.randn(10, 1, generator=g, dtype=DT)
+    model = mlp([2, 16, 1], nn.Tanh, seed=seed)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=2000, tolerance_grad=0,
+                            tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    opt.zero_grad()
+    return model, x, y
+
+
+def valley(scale: float = 1.0) -> tuple[nn.Module, Tensor, Tensor]:
+    """Linear regression with feature scales 1 and 1000, targets times ``scale``: the stiff
+    coordinate almost solved, the soft one far off, so the gradient points along the steep
+    wall (an ill-conditioned valley at any target scale)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 2, generator=g, dtype=DT) * torch.tensor([1.0, 1e3], dtype=DT)
+    w_star = scale * torch.tensor([[1.0, 0.002]], dtype=DT)
+    y = x @ w_star.T
+    model = nn.Linear(2, 1, bias=False).double()
+    cov = x.T @ x / x.shape[0]
+    # soft error 1; stiff error chosen so that the stiff gradient is small but dominant
+    delta = scale * torch.tensor([[1.0, float(-cov[1, 0] / cov[1, 1]) + 1e-5]], dtype=DT)
+    with torch.no_grad():
+        model.weight.copy_(w_star + delta)
+    return model, x, y
+
+
+def stuck_xor() -> tuple[Any, Any, nn.Module, dict[str, list]]:
+    """The README's stuck xor run: xor 2-2-1 sigmoid, gd lr=2, seed 13, 3000 steps (loss 0.126,
+    gradient 4.5e-4, parameter norm 15 and growing). Returns (problem, result, model at the
+    final parameters, history of the stored curve with the initial and final parameter norm)."""
+    from synaprune.bench import get_method, run_seeds
+    from synaprune.problems import get_problem
+
+    problem = get_problem("xor")
+    result = run_seeds(problem, get_method("gd:lr=2"), [13], 3000)[0]
+    model = problem.build_model(13)
+    initial = float(flat_params(model).norm())
+    model.load_state_dict(result.params)
+    history = {"step": [p[0] for p in result.curve], "loss": [p[1] for p in result.curve],
+               "grad_norm": [p[2] for p in result.curve],
+               "param_norm": [initial, float(flat_params(model).norm())]}
+    return problem, result, model, history

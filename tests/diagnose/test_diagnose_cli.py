@@ -161,6 +161,80 @@ def test_bad_input_gives_one_clear_line(files, case, monkeypatch):
     assert "\n" not in message
 
 
+def _lightning(path, prefix="model."):
+    """A checkpoint as Lightning writes it (plain types only, so weights_only loads it)."""
+    state = torch.load(path.parent / "w.pt", weights_only=True)
+    return {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0",
+            "state_dict": {prefix + k: v for k, v in state.items()},
+            "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 4}}}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+            "lr_schedulers": []}
+
+
+CHECKPOINTS = {
+    "lightning .ckpt, prefix model.": lambda d: _lightning(d / "w.pt"),
+    "lightning .ckpt, no prefix": lambda d: _lightning(d / "w.pt", prefix=""),
+    "lightning .ckpt, prefix net.module.": lambda d: _lightning(d / "w.pt", "net.module."),
+    "DataParallel state dict, prefix module.": lambda d: {
+        "module." + k: v for k, v in torch.load(d / "w.pt", weights_only=True).items()},
+    "{'model': state_dict, ...}": lambda d: {
+        "model": torch.load(d / "w.pt", weights_only=True), "epoch": 7,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1, 2, 3]}]}},
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTS))
+def test_checkpoints_people_save_load_with_weights_only(files, case, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    torch.save(CHECKPOINTS[case](files), files / "c.ckpt")
+    argv = ("--model", "mlp:3-5-1:tanh", "--data", "d.npz", "--format", "json", "--k", "2")
+    assert run(*argv, "--checkpoint", "c.ckpt") == 0
+    got = json.loads(capsys.readouterr().out)
+    assert run(*argv, "--checkpoint", "w.pt") == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert got["loss"] == plain["loss"] and got["param_norm"] == plain["param_norm"]
+
+
+BAD_CHECKPOINTS = {
+    "dict without a state dict": (lambda d: {"epoch": 3, "weights": [1.0, 2.0]},
+                                  "a dict without a state dict: it has keys 'epoch', 'weights'"),
+    "empty dict": (lambda d: {}, "it has keys none (it is empty)"),
+    "lightning of another model": (
+        lambda d: {"state_dict": {"encoder.conv.weight": torch.zeros(2, 2)}, "epoch": 1},
+        "the keys of its 'state_dict' (encoder.conv.weight, ...) match none of the model's "
+        "(0.weight, 0.bias, 2.weight, 2.bias, ...)"),
+    "lightning missing a key": (
+        lambda d: {"state_dict": {k: v for k, v in _lightning(d / "w.pt")["state_dict"].items()
+                                  if k != "model.2.bias"}},
+        "missing keys ['2.bias'], unexpected keys none"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_unrecognised_checkpoints_say_what_they_hold(files, case, monkeypatch):
+    monkeypatch.chdir(files)
+    make, expected = BAD_CHECKPOINTS[case]
+    torch.save(make(files), files / "bad.ckpt")
+    with pytest.raises(UsageError) as info:
+        run("--model", "mlp:3-5-1:tanh", "--checkpoint", "bad.ckpt", "--data", "d.npz")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_method_and_problem_of_a_saved_model(files, capsys, monkeypatch):
+    monkeypatch.chdir(files)
+    argv = ("--model", "mlp:3-5-1:tanh", "--checkpoint", "w.pt", "--data", "d.npz",
+            "--format", "json")
+    assert run(*argv, "--method", "adam:lr=0.01", "--problem", "xor", "--quiet") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"].startswith("adam:") and report["problem"] == "xor"
+    for f in report["findings"]:
+        assert 'base="adam"' not in f["setting"]
+    for bad, expected in ((("--problem", "xorr"), "unknown lab problem 'xorr'"),
+                          (("--method", "adamm"), "--method adamm: Unknown method")):
+        with pytest.raises(UsageError, match=expected):
+            run(*argv, *bad)
+
+
 def test_pickled_data_is_refused(files, monkeypatch):
     monkeypatch.chdir(files)
     np.savez(files / "p.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
@@ -229,9 +303,18 @@ def test_stored_run_gives_the_numbers_of_a_direct_diagnosis(lab, capsys):
         # the same model and data by hand
         problem = get_problem(row["problem"])
         model = problem.build_model(row["seed"])
+        start = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
         with ResultStore(db, readonly=True) as store:
             model.load_state_dict(store.load_params(row["id"]))
-        direct = diagnose(model, problem.loss_fn, problem.data("train"), k=5, seed=0)
+        end = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
+        # the history is the run's stored curve, with ||theta|| at the start and the end
+        history = {"step": [p[0] for p in row["curve"]], "loss": [p[1] for p in row["curve"]],
+                   "grad_norm": [p[2] for p in row["curve"]], "param_norm": [start, end]}
+        direct = diagnose(model, problem.loss_fn, problem.data("train"), k=5, seed=0,
+                          history=history, method=row["method"], problem="xor")
+        assert report["history"] == pytest.approx(direct.history, rel=1e-12)
+        assert report["history"]["param_norm_first"] == pytest.approx(start, rel=1e-12)
+        assert report["history"]["grad_norm_last"] == pytest.approx(row["final_grad_norm"])
         assert report["kind"] == direct.kind
         assert report["num_params"] == direct.num_params == 9
         assert report["num_examples"] == direct.num_examples == 4
@@ -246,11 +329,41 @@ def test_stored_run_gives_the_numbers_of_a_direct_diagnosis(lab, capsys):
         # the stored parameters are the run's final point: its recorded loss and gradient norm
         assert report["loss"] == pytest.approx(row["final_loss"], rel=1e-10)
         assert report["grad_norm"] == pytest.approx(row["final_grad_norm"], rel=1e-8)
-        assert report["notes"] == []
+        assert len(report["notes"]) == 1 and "parameter norm only at the start" in (
+            report["notes"][0])
+        assert report["method"] == row["method"] and report["problem"] == "xor"
         assert report["run"] == {
             "id": row["id"], "db": str(db), "problem": "xor:hidden=2", "method": row["method"],
             "seed": row["seed"], "budget": 50, "status": row["status"], "steps": row["steps"],
             "final_loss": row["final_loss"], "final_grad_norm": row["final_grad_norm"]}
+
+
+def test_readme_stuck_xor_run_is_a_minimum_at_infinity(tmp_path, capsys):
+    """The README's example: xor, gd lr=2, seed 13, 3000 steps, stuck at 0.126."""
+    from synaprune.bench import ResultStore, get_method, sweep
+    from synaprune.problems import get_problem
+
+    db = tmp_path / "results.db"
+    with ResultStore(db) as store:
+        sweep(get_problem("xor"), get_method("gd:lr=2"), [13], 3000, store)
+        row = store.rows()[0]
+    assert row["final_loss"] == pytest.approx(0.1259, abs=1e-3)
+    report = main_json(capsys, "--db", str(db), "--run", str(row["id"]))
+    assert report["kind"] == "minimum at infinity"
+    codes = [f["code"] for f in report["findings"]]
+    assert "saturated-units" in codes and "minimum-at-infinity" in codes
+    for f in report["findings"]:
+        assert "aggregation=" not in f["setting"], f["code"]  # mechanism A hurts on xor
+    assert report["history"]["param_norm_ratio"] > 10
+
+
+def test_method_or_problem_with_a_stored_run_is_refused(lab, capsys):
+    from synaprune.cli import main
+
+    db, rows, _ = lab
+    assert main(["diagnose", "--db", str(db), "--run", str(rows[0]["id"]), "--problem",
+                 "xor"]) == 2
+    assert "--problem does not apply to --db/--run" in capsys.readouterr().err
 
 
 def test_stored_run_text_report_says_which_run(lab, capsys):

@@ -8,8 +8,10 @@
 ``--model`` is either ``mlp:W0-W1-...-WL:ACT`` (layer widths, then the hidden activation; the
 model is ``nn.Sequential(Linear(W0, W1), ACT, ..., Linear(W(L-1), WL))``, so a state dict saved
 from that ``nn.Sequential`` loads) or ``module:function``, a function importable from the current
-directory that returns the ``nn.Module``. The checkpoint is a state dict saved with
-``torch.save(model.state_dict(), path)`` and read with ``torch.load(..., weights_only=True)``.
+directory that returns the ``nn.Module``. The checkpoint, read with ``torch.load(...,
+weights_only=True)``, is a state dict (``torch.save(model.state_dict(), path)``), a Lightning
+``.ckpt`` (its ``state_dict``; a key prefix such as ``model.`` is stripped to match the model's
+keys) or a dict holding the state dict under ``"model"`` beside other entries.
 The data file is an ``.npz`` with arrays ``x`` [N, ...] and ``y`` ([N] or [N, out] floats for
 ``--loss mse``; [N] integer class labels for ``--loss cross-entropy``). The diagnosis runs in
 float64. A ``torch.export`` program saved with ``torch.export.save`` (``--checkpoint
@@ -19,7 +21,10 @@ model.pt2``, exported with a dynamic batch dimension) needs no ``--model``.
 bench``: the model is ``get_problem(problem).build_model(seed)`` (buffers as built) with the
 stored parameters loaded strictly, the data are the problem's training split and the loss is the
 problem's own mean loss (``problem.loss_fn``), so the diagnosis is of the objective the run
-minimised. A problem whose loss is exact (``teacher-student`` with ``exact=True``) has no data,
+minimised. The run's stored curve (loss and gradient norm at about 100 steps) is the history,
+with the parameter norm at the start (rebuilt from the seed) and at the end (the store keeps no
+other); the run's method and problem decide which remedies are offered. A problem whose loss is
+exact (``teacher-student`` with ``exact=True``) has no data,
 and :func:`~synaprune.diagnose.diagnose` needs data; such runs are refused rather than diagnosed on
 samples, whose empirical loss is a different function with a different gradient.
 """
@@ -166,8 +171,72 @@ def _check_state(model_state: dict[str, Tensor], state: Any, what: str,
         raise _usage(f"{what} holds NaN or inf values in {', '.join(bad)}")
 
 
+# Keys under which checkpoints commonly keep the model's state dict: Lightning's .ckpt
+# ("state_dict"), and the {"model": ..., "optimizer": ..., "epoch": ...} dicts of training loops.
+_STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "net")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _unwrap_checkpoint(model_state: dict[str, Tensor], loaded: Any, path: str) -> Any:
+    """The state dict inside what was loaded, with any key prefix removed.
+
+    A plain state dict is returned as it is, or without a prefix (DataParallel's
+    ``"module."``) when that makes its keys the model's. A dict holding a state dict under one of
+    ``_STATE_KEYS`` (a Lightning checkpoint's ``state_dict``, a training loop's ``model``) gives
+    that state dict; its keys may carry a prefix (Lightning's ``"model."`` for a LightningModule
+    whose network is ``self.model``), stripped when the stripped keys are exactly the model's.
+
+    Raises:
+        UsageError: a dict that holds no state dict (the message lists its keys), or a state
+            dict whose keys match none of the model's, even without a prefix.
+    """
+    if not isinstance(loaded, dict):
+        return loaded
+    found = [k for k in _STATE_KEYS if _is_state_dict(loaded.get(k))]
+    if _is_state_dict(loaded):
+        found, loaded = ["state dict"], {"state dict": loaded}  # e.g. DataParallel's "module."
+    elif not found:
+        keys = ", ".join(repr(k) for k in list(loaded)[:12]) or "none (it is empty)"
+        more = f" and {len(loaded) - 12} more" if len(loaded) > 12 else ""
+        raise _usage(f"checkpoint {path} is a dict without a state dict: it has keys {keys}{more};"
+                     f" expected a state dict (parameter names to tensors), or one under "
+                     f"{' or '.join(repr(k) for k in _STATE_KEYS)}")
+    state = loaded[found[0]]
+    if set(state) == set(model_state):
+        return state
+    # The prefix p (possibly "") whose stripped keys {key minus p} match the most of the
+    # model's keys; keys without p (e.g. a LightningModule's loss module) are left out.
+    wanted = set(model_state)
+    prefixes = {""} | {key[: len(key) - len(name)] for key in state for name in wanted
+                       if key.endswith(name)}
+    best, stripped = 0, state
+    for prefix in sorted(prefixes):
+        candidate = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        hits = len(set(candidate) & wanted)
+        if hits > best:
+            best, stripped = hits, candidate
+    if best == 0 and found[0] == "state dict":
+        return state  # _check_state names the missing and unexpected keys
+    if best == 0:
+        sample = ", ".join(list(state)[:4])
+        ours = ", ".join(list(model_state)[:4])
+        raise _usage(f"checkpoint {path}: the keys of its {found[0]!r} ({sample}, ...) match "
+                     f"none of the model's ({ours}, ...), with or without a prefix: is it a "
+                     "checkpoint of this model?")
+    return stripped  # _check_state names any missing or unexpected keys
+
+
 def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load a state dict (``torch.load(..., weights_only=True)``) into ``model``, strictly.
+    """Load a checkpoint (``torch.load(..., weights_only=True)``) into ``model``, strictly.
+
+    Accepted: a state dict (``torch.save(model.state_dict(), path)``); a Lightning ``.ckpt``
+    (its ``"state_dict"``, with a prefix such as ``"model."`` stripped to match the model's
+    keys); a dict holding the state dict under ``"model"`` (or ``"model_state_dict"``,
+    ``"model_state"``, ``"net"``) beside other entries (optimizer state, epoch, ...).
 
     Raises:
         UsageError: unreadable file, not a state dict, or keys/shapes that do not match.
@@ -184,7 +253,8 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         _, _, after = text.partition("WeightsUnpickler error:")
         detail = (after or text or type(exc).__name__).strip().split(". ")[0]
         raise _usage(f"cannot read checkpoint {path} as weights only (a state dict saved "
-                         f"with torch.save): {detail}") from None
+                     f"with torch.save, or a checkpoint of plain types): {detail}") from None
+    state = _unwrap_checkpoint(model.state_dict(), state, path)
     _check_state(model.state_dict(), state, f"checkpoint {path}")
     model.load_state_dict(state)
 
@@ -360,6 +430,35 @@ def load_run(db: str, run: str | int) -> tuple[StoredRun, Problem, nn.Module]:
     return stored, problem, model
 
 
+def run_history(db: str, stored: StoredRun, problem: Problem) -> tuple[dict[str, list], list[str]]:
+    """The run's stored curves as a ``diagnose`` history, and what the store does not keep.
+
+    The store keeps a downsampled curve of ``[step, loss, grad_norm]`` (about 100 points; the
+    last point's gradient is the full-batch one at the final parameters) and the final
+    parameters, not the parameter norm along the way: the history's ``param_norm`` is
+    ||theta|| at the initialisation (``problem.build_model(seed)``, rebuilt) and at the end.
+
+    Returns:
+        ``(history, notes)``: the history for :func:`diagnose` (keys ``step``, ``loss``,
+        ``grad_norm``, ``param_norm``) and one note on what is missing.
+    """
+    from synaprune.bench.store import ResultStore
+
+    with ResultStore(db, readonly=True) as store:
+        rows = [r for r in store.rows([stored.problem], [stored.method]) if r["id"] == stored.id]
+    curve = rows[0]["curve"] if rows else []
+    initial = problem.build_model(stored.seed)
+    norm = math.sqrt(sum(float(p.detach().double().pow(2).sum())
+                         for p in initial.parameters()))
+    final = math.sqrt(sum(float(t.double().pow(2).sum()) for t in stored.params.values()))
+    history = {"step": [p[0] for p in curve], "loss": [p[1] for p in curve],
+               "grad_norm": [p[2] for p in curve], "param_norm": [norm, final]}
+    notes = [f"history: the run's stored curve ({len(curve)} points of loss and gradient norm); "
+             "the store keeps the parameter norm only at the start (rebuilt from the seed) and "
+             "at the end, so 'still growing' cannot be checked"]
+    return history, notes
+
+
 def _run_header(stored: StoredRun, db: str) -> str:
     grad = ("unknown" if stored.final_grad_norm is None
             else f"{stored.final_grad_norm:.6g}")
@@ -380,9 +479,16 @@ def _run_stored(args: argparse.Namespace) -> int:
     if args.loss is not None:
         raise _usage("--loss does not apply to --db/--run: a stored run is diagnosed with its "
                      "problem's own loss")
+    for name in ("method", "problem"):
+        if getattr(args, name) is not None:
+            raise _usage(f"--{name} does not apply to --db/--run: a stored run has its own")
     stored, problem, model = load_run(args.db, args.run)
     x, y = problem.data("train")  # type: ignore[misc]
-    diag = diagnose(model, problem.loss_fn, (x, y), k=args.k, seed=args.seed)
+    history, missing = run_history(args.db, stored, problem)
+    diag = diagnose(model, problem.loss_fn, (x, y), k=args.k, seed=args.seed, history=history,
+                    method=stored.method, problem=problem.name,
+                    progress=False if args.quiet else None)
+    diag.notes.extend(missing)
     recorded = stored.final_loss
     if abs(diag.loss - recorded) > 1e-8 * max(abs(recorded), 1e-12):
         diag.notes.append(f"the loss at the stored parameters ({diag.loss:.10g}) differs from "
@@ -414,6 +520,15 @@ def _run(args: argparse.Namespace) -> int:
                      "exclude each other: give one or the other")
     if stored_run:
         return _run_stored(args)
+    from synaprune.diagnose._measured import check_problem, run_settings
+
+    for name, check in (("method", run_settings), ("problem", check_problem)):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as exc:
+                raise _usage(f"--{name} {value}: {exc}") from None
     if args.checkpoint is None or args.data is None:
         raise _usage("nothing to diagnose without --checkpoint and --data (a saved model and "
                      "its data), or --db and --run (a run stored by synaprune bench)")
@@ -438,7 +553,8 @@ def _run(args: argparse.Namespace) -> int:
     y = _check_fit(model, x, y, args.loss)
     loss_fn: Callable[[Any, Any], Tensor] = (
         nn.functional.mse_loss if args.loss == "mse" else nn.functional.cross_entropy)
-    diag = diagnose(model, loss_fn, (x, y), k=args.k, seed=args.seed)
+    diag = diagnose(model, loss_fn, (x, y), k=args.k, seed=args.seed, method=args.method,
+                    problem=args.problem, progress=False if args.quiet else None)
     if args.format == "json":
         print(json.dumps(diag.to_dict(), indent=2))
     else:
@@ -470,6 +586,15 @@ def add_diagnose_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--run", default=None,
                    help="id of the run in --db to diagnose (synaprune results --db X --runs "
                         "lists them)")
+    p.add_argument("--method", default=None,
+                   help="the lab method spec the model was trained with (e.g. adam:lr=0.01), so "
+                        "that no remedy recommends what it already uses; not with --db")
+    p.add_argument("--problem", default=None,
+                   help="the lab problem this one is like (xor, spirals, ...), for the lab's "
+                        "measured remedies; not with --db")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (it is shown on a terminal once the diagnosis takes "
+                        "2 s)")
     p.add_argument("--format", default="text", choices=("text", "json"), help="output format")
     p.add_argument("--k", type=int, default=5, help="Hessian eigenvalues from each end")
     p.add_argument("--seed", type=int, default=0, help="seed of Lanczos' start vector")
