@@ -416,6 +416,13 @@ def diagnose(
                      "so the global-minimum test is skipped")
         floor = None
     at_floor = floor is not None and excess <= rounding * reference
+    if at_floor and num_negative:
+        # Negative curvature at the floor means the loss goes below it: the floor is not a lower
+        # bound of this loss, so the point is judged by its curvature instead.
+        notes.append(f"the loss {loss:.6g} is at loss_floor={floor:g} but the Hessian has "
+                     f"{num_negative} negative eigenvalue(s): the floor is no lower bound, so "
+                     "the global-minimum test is skipped")
+        at_floor = False
     loss_scale = max(abs(excess), rounding * reference, torch.finfo(torch.float64).tiny)
     theta_scale = max(param_norm, 1.0)
     relative_grad = grad_norm * theta_scale / loss_scale
