@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def mse(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _monotone(objectives: tuple[float, ...]) -> bool:
-    return all(b <= a for a, b in zip(objectives, objectives[1:]))
+    return all(b <= a for a, b in itertools.pairwise(objectives))
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -70,7 +71,7 @@ def test_relu_weight_scale_changes_nothing_but_rounding():
     small = pretrain(x, y, neurons=30, activation="relu", weight_scale=0.01, seed=7)
     first = min([*one.rejected_neurons, *small.rejected_neurons, 30])
     assert first >= 10  # the comparison below covers at least ten neurons
-    for a, b in list(zip(one.objectives, small.objectives))[: first + 1]:
+    for a, b in list(zip(one.objectives, small.objectives, strict=True))[: first + 1]:
         assert a == pytest.approx(b, rel=1e-9)  # rounding of the scaled draws, ~1e-15 each
     assert one.rejected == len(one.theorem1) == len(one.rejected_neurons)
 
@@ -125,7 +126,7 @@ def _gd_final_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     def loss_of(flat: torch.Tensor) -> torch.Tensor:
         chunks = torch.split(flat, [p.numel() for p in params])
-        state = {n: c.view_as(p) for n, c, p in zip(names, chunks, params)}
+        state = {n: c.view_as(p) for n, c, p in zip(names, chunks, params, strict=True)}
         out = torch.func.functional_call(module, state, (x,))
         return (out - y).square().mean()
 

@@ -132,7 +132,7 @@ def deep_from_shallow(module: PretrainedNet, *, width: int) -> PretrainedNet:
     hidden, out = module.layers[0].hidden, module.output
     w, b = hidden.weight.detach(), hidden.bias.detach()
     s, c = out.weight.detach(), out.bias.detach()  # [k, u], [k]
-    u, d = w.shape
+    u = w.shape[0]
     k = s.shape[0]
     if u == 0:
         raise ValueError("deep_from_shallow needs a network with at least one neuron")

@@ -88,7 +88,7 @@ def _positive_float(name: str, value: object) -> float:
 
 
 def check_data(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate training data; returns float64 ``x`` [N, d] and ``y`` [N, k] ([N] becomes [N, 1])."""
+    """Validate training data: float64 ``x`` [N, d] and ``y`` [N, k] ([N] becomes [N, 1])."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise ValueError("x and y must be tensors")
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "PretrainedNet", "PretrainedLayer"]
+__all__ = ["ACTIVATIONS", "PretrainedLayer", "PretrainedNet", "linear_from"]
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
