@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from synaprune.bench.cli import add_bench_parser, add_results_parser
     from synaprune.diagnose.cli import add_diagnose_parser
+    from synaprune.experiments._cli import add_experiment_parser
 
     add_bench_parser(sub)
     add_results_parser(sub)
     add_diagnose_parser(sub)
+    add_experiment_parser(sub)
     return parser
 
 
