@@ -10,7 +10,7 @@ the returned network.
 * :func:`pretrain`: one hidden layer of tanh or ReLU neurons, returns a :class:`PretrainResult`.
 * :func:`add_layers`: deepen a result by layers of ``width`` neurons plus a carry.
 * :func:`deep_from_shallow`: the same function as a shallow network, as a deep one.
-* :func:`least_squares`: the solver (pivoted QR with a stated rank guard).
+* :func:`least_squares`: the solver (an SVD solve with a stated rank guard).
 
 Example:
     >>> import torch

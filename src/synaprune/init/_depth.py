@@ -23,6 +23,7 @@ from ._greedy import (
     grow_layer,
     new_history,
 )
+from ._lstsq import least_squares
 from ._network import PretrainedLayer, PretrainedNet, linear_from
 
 __all__ = ["add_layers", "deep_from_shallow"]
@@ -79,7 +80,8 @@ def add_layers(
             inp = torch.cat([h, x], dim=1) if connect_input else h
             m = inp.shape[1]
             identity = torch.eye(k, dtype=torch.float64)
-            start = _Fit(carry_values, identity, x.new_zeros(k), y, rcond)
+            _, rank = least_squares(_Fit.design(carry_values), y, rcond=rcond)
+            start = _Fit(carry_values, identity, x.new_zeros(k), y, rank)
             if start.objective > history["objectives"][-1]:  # 1 * v + 0 is exact in IEEE
                 raise RuntimeError("internal error: the carry did not reproduce the previous fit")
             layer = _Layer(inp, carry_values, x.new_zeros(0, m), x.new_zeros(0), start)

@@ -22,11 +22,12 @@ from ._network import ACTIVATIONS, PretrainedLayer, PretrainedNet, linear_from
 
 __all__ = ["PretrainResult", "check_data", "grow_layer", "pretrain"]
 
-# A change is kept only if it lowers the objective by more than this fraction. The computed
-# objective of a least-squares fit carries rounding of about cond * eps relative, so without a
-# margin an all-zero ReLU neuron (same span, a different rounding) was seen to be "kept" for a
-# last-digit drop, taking a slot without adding anything. 1e-12 is far below any real gain.
-_MIN_DROP = 1e-12
+# A neuron is kept only if the objective drops AND the numerical rank of the design matrix
+# grows (a perturbation: drops and the rank does not shrink). Without the rank test, neurons
+# numerically inside the span already fitted (an all-zero ReLU, a fourth ReLU active on every
+# point, i.e. linear) were seen to be "kept" for a last-digit drop of the objective (1e-12
+# relative, rounding of a different solve), taking a slot without adding a direction: 13 of 80
+# ReLU runs with as many neurons as points then ended at up to 4e-4 of var(y) instead of 0.
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class PretrainResult:
         theorem1_relative: The same divided by ``||g'|| ||G s - Y||_F``, the cosine of the
             angle between the neuron and the residual, in [0, 1]; 0 for an all-zero neuron.
             A rejected neuron with a clearly nonzero value could have helped in exact
-            arithmetic: its gain was below the rounding of the solve (see ``_MIN_DROP``).
+            arithmetic: its column is numerically in the span already fitted (the design's
+            numerical rank did not grow, see :func:`least_squares`), so its gain is rounding.
         rejected_neurons: For each rejected neuron, the number of neurons the network had.
         unfilled: Neuron slots left empty because ``max_tries`` neurons in a row were rejected.
         perturbations_tried: Random changes of a neuron's weights tried.
@@ -112,18 +114,22 @@ class _Fit:
     """A candidate last layer with its least-squares output layer and objective."""
 
     def __init__(self, features: Tensor, weight: Tensor, bias: Tensor, y: Tensor,
-                 rcond: float | None) -> None:
+                 rank: int) -> None:
         self.features = features  # [N, p]: the layer's output, as the module computes it
         self.weight, self.bias = weight, bias  # output layer, [k, p] and [k]
         self.prediction = torch.nn.functional.linear(features, weight, bias)  # as nn.Linear
         self.residual = self.prediction - y
         self.objective = self.residual.square().mean().item()
+        self.rank = rank  # numerical rank of [features, 1]
+
+    @staticmethod
+    def design(features: Tensor) -> Tensor:
+        return torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1)
 
     @classmethod
     def solve(cls, features: Tensor, y: Tensor, rcond: float | None) -> _Fit:
-        design = torch.cat([features, features.new_ones(features.shape[0], 1)], dim=1)
-        coef, _ = least_squares(design, y, rcond=rcond)
-        return cls(features, coef[:-1].T.contiguous(), coef[-1].contiguous(), y, rcond)
+        coef, rank = least_squares(cls.design(features), y, rcond=rcond)
+        return cls(features, coef[:-1].T.contiguous(), coef[-1].contiguous(), y, rank)
 
 
 @dataclass
@@ -159,7 +165,7 @@ def grow_layer(
             w, b = _draw(generator, m, weight_scale)
             weight, bias = torch.cat([layer.weight, w[None]]), torch.cat([layer.bias, b])
             fit = _Fit.solve(layer.features(weight, bias, activation), y, rcond)
-            if fit.objective < layer.fit.objective * (1 - _MIN_DROP):
+            if fit.objective < layer.fit.objective and fit.rank > layer.fit.rank:
                 layer = _Layer(layer.inp, layer.carry, weight, bias, fit)
                 history["accepted"] += 1
                 history["objectives"].append(fit.objective)
@@ -196,7 +202,7 @@ def _perturb(layer: _Layer, y: Tensor, *, tries: int, scale: float, activation: 
         bias[j] += db[0]
         fit = _Fit.solve(layer.features(weight, bias, activation), y, rcond)
         history["perturbations_tried"] += 1
-        if fit.objective < layer.fit.objective * (1 - _MIN_DROP):
+        if fit.objective < layer.fit.objective and fit.rank >= layer.fit.rank:
             layer = _Layer(layer.inp, layer.carry, weight, bias, fit)
             history["perturbations_accepted"] += 1
             history["objectives"].append(fit.objective)
@@ -261,12 +267,13 @@ def pretrain(
 
     Starting from the bias-only fit, draw a random neuron ``act(w . x + b)`` with
     ``(w, b) ~ N(0, weight_scale^2 I)``, refit the output layer (weights and bias) by least
-    squares (:func:`least_squares`: pivoted QR, never the normal equations), and keep the neuron
-    only if the objective as computed drops (by more than 1e-12 of itself, the rounding of a
-    solve); else record its Theorem 1 quantity and draw again,
-    at most ``max_tries`` times per neuron. After each kept neuron, optionally try
-    ``perturbations`` random changes ``(w_j, b_j) += N(0, perturbation_scale^2 I)`` of a random
-    neuron j, keeping those that lower the objective.
+    squares (:func:`least_squares`: an SVD solve, never the normal equations), and keep the
+    neuron only if the objective as computed drops and the neuron adds a direction (the
+    numerical rank of the design matrix grows; a neuron inside the span already fitted can only
+    change rounding); else record its Theorem 1 quantity and draw again, at most ``max_tries``
+    times per neuron. After each kept neuron, optionally try ``perturbations`` random changes
+    ``(w_j, b_j) += N(0, perturbation_scale^2 I)`` of a random neuron j, keeping those that
+    lower the objective without lowering the rank.
 
     Args:
         x: Inputs, float tensor of size [N, d].
