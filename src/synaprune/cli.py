@@ -22,6 +22,7 @@ from synaprune import __version__
 from synaprune.bench.cli import add_bench_parser, add_results_parser
 from synaprune.diagnose.cli import add_diagnose_parser
 from synaprune.errors import UsageError
+from synaprune.experiments._cli import add_experiment_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_results_parser(sub)
     add_diagnose_parser(sub)
+    add_experiment_parser(sub)
     return parser
 
 
