@@ -23,7 +23,7 @@ __all__ = ["interpolate", "slice_2d"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Default bound on the memory of one chunk of grid points (bytes), see :func:`slice_2d`.
-MAX_MEMORY = 64 * 2**20
+MAX_MEMORY = 8 * 2**20
 
 
 def _check_data(data: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
