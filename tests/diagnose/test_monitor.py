@@ -319,3 +319,29 @@ def test_monitor_history_feeds_diagnose(tmp_path):
     _, norms = mon.series("grad_norm")
     assert d.history["grad_norm_first"] == norms[0]
     assert d.history["grad_norm_ratio"] == pytest.approx(norms[-1] / norms[0])
+
+
+@pytest.mark.parametrize("divide", [True, False], ids=["loss/P", "loss"])
+def test_cancellation_over_accumulated_micro_batches_is_the_whole_batch_s(tmp_path, divide):
+    """Two equal micro-batches accumulated into .grad (losses divided by 2, as Lightning does, or
+    not) have the cancellation of the whole batch: ||gbar|| / sqrt(mean_i ||g_i||^2) does not
+    depend on how .grad was scaled (it was 2x off with the division, silently)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(8, 1, generator=g, dtype=torch.float64)
+    values = []
+    for chunks in (1, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+        probe = PerExampleGradStats(model)
+        mon = TrainingMonitor(model, tmp_path / f"m{chunks}.jsonl", cancellation=True)
+        model.zero_grad()
+        for xs, ys in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
+            loss = nn.functional.mse_loss(model(xs), ys)
+            (loss / chunks if divide else loss).backward()
+        values.append(mon.record(0, loss)["cancellation"])
+        mon.close()
+        probe.remove()
+    assert 0 < values[0] < 1
+    # float64; the two micro-batches' sums run in another order than the whole batch's
+    assert values[1] == pytest.approx(values[0], rel=1e-12)

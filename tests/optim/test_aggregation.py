@@ -255,3 +255,46 @@ def test_manual_rescale_of_grad_scales_the_direction(how):
     opt.step()
     stats.remove()
     _assert_steps(model, before, [-0.25 * d for d, _ in ref])
+
+
+def _accumulated_step(aggregation: str, chunks: tuple[int, ...],
+                      divide: bool) -> list[torch.Tensor]:
+    """One SynaPrune step after back-propagating the mean loss of each chunk of one batch of 8
+    (divided by the number of chunks when ``divide``, as Lightning's accumulate_grad_batches)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    probe = PerExampleGradStats(model)
+    kwargs = {"blend": 0.4} if aggregation == "blend" else {}
+    opt = SynaPrune(model.parameters(), lr=0.1, aggregation=aggregation, **kwargs)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(8, 1, generator=g, dtype=torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    for xs, ys in zip(x.split(list(chunks)), y.split(list(chunks)), strict=True):
+        loss = nn.functional.mse_loss(model(xs), ys)
+        (loss / len(chunks) if divide else loss).backward()
+    opt.step()
+    probe.remove()
+    return [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)]
+
+
+@pytest.mark.parametrize("aggregation", ["rms", "blend"])
+@pytest.mark.parametrize("passes", [2, 4])
+def test_accumulated_micro_batches_scale_the_direction_as_they_scale_grad(aggregation, passes):
+    """P equal micro-batches whose losses are divided by P give .grad of the whole batch, so the
+    step equals one batch's; undivided, .grad is P times that, and so is the step (it was 1/P of
+    the right size, silently, with the division)."""
+    whole = _accumulated_step(aggregation, (8,), divide=False)
+    chunks = (8 // passes,) * passes
+    divided = _accumulated_step(aggregation, chunks, divide=True)
+    undivided = _accumulated_step(aggregation, chunks, divide=False)
+    for w, d, u in zip(whole, divided, undivided, strict=True):
+        # float64; the micro-batch sums run in another order than the whole batch's
+        torch.testing.assert_close(d, w, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(u, passes * w, rtol=1e-12, atol=1e-15)
+
+
+def test_mean_micro_batches_of_different_sizes_are_refused():
+    with pytest.raises(RuntimeError, match="micro-batches of different sizes"):
+        _accumulated_step("rms", (5, 3), divide=True)

@@ -227,17 +227,17 @@ class TrainingMonitor:
         m = len(parts)
         stats = self._stats([p for _, p in with_grad]) if self.cancellation is not False else None
         if stats is not None:
-            sizes, reductions, sqnorms, sqs = stats
+            sizes, scales, sqnorms, sqs = stats
             parts += sqnorms
             if sqs is not None and share:
                 # c < t  <=>  gbar^2 < t^2 * sumsq / B  <=>  sumsq - gbar^2 * B / t^2 > 0, with
-                # gbar = g (mean-reduced loss) or g / B (sum-reduced); 0/0 (c = 1) is not
+                # gbar = g / s (s: see _stats); 0/0 (c = 1) is not
                 # counted. sign(max(sumsq - f g^2, 0)) is 1 exactly where c < t: its sum counts
                 # them. Large parameters are read at a fixed systematic sample of coordinates.
                 # The samples of all parameters are concatenated (a few thousand numbers each),
                 # each count weighted by numel / sample size: one dot product gives the total.
-                factors = [b / CANCELLED_C**2 if r == "mean" else 1.0 / (b * CANCELLED_C**2)
-                           for b, r in zip(sizes, reductions, strict=True)]
+                factors = [b / (sc * sc * CANCELLED_C**2)
+                           for b, sc in zip(sizes, scales, strict=True)]
                 at, weight = self._sample(grads)
                 g_c = torch.cat([_strided(g, a) for g, a in zip(grads, at, strict=True)])
                 sq_c = torch.cat([_strided(sq, a) for sq, a in zip(sqs, at, strict=True)])
@@ -256,8 +256,7 @@ class TrainingMonitor:
                 rec[f"grad_norm/{name}"] = v
         if stats is not None:
             sumsq = sum(values[m:2 * m])
-            gbar_sq = sum((v if r == "mean" else v / b) ** 2
-                          for v, r, b in zip(norms, reductions, sizes, strict=True))
+            gbar_sq = sum((v / sc) ** 2 for v, sc in zip(norms, scales, strict=True))
             rms = math.sqrt(sumsq / sizes[0])
             rec["cancellation"] = math.sqrt(gbar_sq) / rms if rms > 0 else 1.0
             if sqs is not None and share:
@@ -266,12 +265,16 @@ class TrainingMonitor:
 
     @staticmethod
     def _stats(params: list[Tensor]
-               ) -> tuple[list[int], list[str], list[Tensor], list[Tensor] | None] | None:
+               ) -> tuple[list[int], list[float], list[Tensor], list[Tensor] | None] | None:
         """The per-example statistics on ``params``, or None unless every one has some.
 
         Returns:
-            (batch sizes, reductions, sum_i ||g_i||^2 per parameter as 0-d tensors, and the
-            ``grad_sumsq`` tensors if every parameter has one, else None).
+            (batch sizes B, scales s with ``.grad = s * gbar`` (the number of accumulated
+            passes for a mean-reduced loss, B for a sum-reduced one; the convention of
+            :func:`synaprune.optim.aggregate`), sum_i ||g_i||^2 per parameter as 0-d tensors,
+            and the ``grad_sumsq`` tensors if every parameter has one, else None). None also
+            when mean-reduced micro-batches of different sizes were accumulated: their gbar is
+            not known from the statistics.
         """
         read = [fields.read(p) for p in params]  # reconciled with .grad, or raises
         if any(s is None for s in read):
@@ -287,9 +290,12 @@ class TrainingMonitor:
                     return None
                 sn = s.sumsq.sum()  # a pass over the parameter: only without grad_sqnorm_sum
             sqnorms.append(sn)
-        reductions = [s.reduction for s in stats]
+        if any(s.reduction == "mean" and s.passes > 1 and s.pass_size is None for s in stats):
+            return None
+        scales = [float(max(s.passes, 1)) if s.reduction == "mean" else float(s.batch_size)
+                  for s in stats]
         have_sq = all(sq is not None for sq in sqs)
-        return sizes, reductions, sqnorms, sqs if have_sq else None  # type: ignore[return-value]
+        return sizes, scales, sqnorms, sqs if have_sq else None  # type: ignore[return-value]
 
     def _sample(self, grads: list[Tensor]) -> tuple[list[tuple[int, int] | None], Tensor]:
         """The coordinates ``cancelled_share`` reads, drawn once per list of parameter shapes.

@@ -9,13 +9,19 @@ Shape contract (per parameter, all tensors shaped like the parameter):
 * ``sum_sq``: sum_i g_i**2 over the B examples, in the per-example-loss convention (the same
   numbers for mean and sum reduction), as recorded by :class:`synaprune.probes.PerExampleGradStats`.
 * ``batch_size``: B.
+* ``passes``: P, the number of backward passes (micro-batches of equal size B / P) accumulated
+  into ``grad``.
 
 Output: the direction d in the scale of ``grad``:
 
     d = grad + lam * (sign(gd) * R - gd),   gd = grad - extra,   R = s * sqrt(sum_sq / B)
 
-where s = 1 for a mean-reduced loss and s = B for a sum-reduced one, so that R is the
-root mean square r of DESIGN.md expressed in the same scale as ``grad``. With no ``extra`` this is
+where s = P for a mean-reduced loss and s = B for a sum-reduced one, so that R is the
+root mean square r of DESIGN.md expressed in the same scale as ``grad``: example i contributes
+c_i to ``grad`` (g_i / (B / P) for a mean-reduced micro-batch, g_i for a sum), and
+R = sqrt(B sum_i c_i**2) >= |sum_i c_i| (Cauchy-Schwarz). So accumulating P micro-batches, with
+each loss divided by P (one batch of B, as Lightning does) or not (P times that gradient), scales
+d exactly as it scales ``grad``. With no ``extra`` this is
 the ``blend(lam)`` rule d = gbar + lam * sign(gbar) * (r - |gbar|): lam = 0 is ``mean`` (returns
 ``grad`` itself, bit for bit) and lam = 1 is ``rms`` (d = sign(gbar) * r).
 """
@@ -37,6 +43,7 @@ def aggregate(
     lam: float,
     reduction: str,
     extra: Tensor | None = None,
+    passes: int = 1,
 ) -> Tensor:
     """Blend the mean gradient with the signed per-coordinate root mean square.
 
@@ -47,13 +54,14 @@ def aggregate(
         lam: blend weight in [0, 1].
         reduction: ``"mean"`` or ``"sum"``, the reduction of the loss behind ``grad``.
         extra: part of ``grad`` that is not data-loss gradient (or None).
+        passes: backward passes of equal size accumulated into ``grad`` (mean reduction).
 
     Returns:
         The direction d, shape [*p.shape]; ``grad`` itself when ``lam == 0``.
     """
     if lam == 0.0:
         return grad
-    scale = 1.0 if reduction == "mean" else float(batch_size)
+    scale = float(passes) if reduction == "mean" else float(batch_size)
     # lam * R = sqrt(sum_sq * lam^2 * scale^2 / B): one multiply and one sqrt over the tensor.
     lam_rms = torch.mul(sum_sq, lam * lam * scale * scale / batch_size).sqrt_()
     if extra is None:

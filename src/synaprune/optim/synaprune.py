@@ -387,6 +387,13 @@ class SynaPrune(Optimizer):
                 raise RuntimeError("aggregation 'rms'/'blend' needs per-example statistics, but "
                                    "a parameter with a gradient has none: "
                                    + fields.missing_reason(p))
+            if s.reduction == "mean" and s.passes > 1 and s.pass_size is None:
+                # Each micro-batch's 1/B_p weighs its examples differently, and the statistics
+                # keep only their sum: the root mean square in .grad's scale is not known.
+                raise RuntimeError(
+                    "aggregation 'rms'/'blend': .grad accumulates mean-reduced micro-batches of "
+                    "different sizes; use equal micro-batch sizes, or a sum-reduced loss with "
+                    "PerExampleGradStats(model, reduction='sum')")
             stats[id(p)] = s
         use_dist = (self.distributed if self.distributed is not None
                     else dist.is_available() and dist.is_initialized())
@@ -409,7 +416,8 @@ class SynaPrune(Optimizer):
                 if lam != 0.0:
                     s = stats[id(p)]
                     d = aggregate(p.grad, s.sumsq, s.batch_size,  # type: ignore[arg-type]
-                                  lam=lam, reduction=s.reduction, extra=s.extra)
+                                  lam=lam, reduction=s.reduction, extra=s.extra,
+                                  passes=s.passes)
                 state = self.state[p]
                 if group["base"] == "sgd":
                     sgd_update(p, d, state, lr=group["lr"], momentum=group["momentum"],
