@@ -6,11 +6,10 @@ line to a JSONL file, flushed at once, so a crash loses at most the line being w
 
 Call it after ``loss.backward()`` and *before* ``optimizer.zero_grad()`` (the cheap set reads
 ``p.grad`` and the per-example statistics that :class:`synaprune.PerExampleGradStats` leaves on
-the parameters). One backward pass per step is assumed (no gradient accumulation). A probe's
-statistics accumulate like ``.grad``: :class:`synaprune.SynaPrune`'s ``zero_grad`` resets them,
-``torch.optim``'s does not, so with a torch optimizer and a probe of your own call
-``probe.zero()`` together with ``optimizer.zero_grad()``. (The probe the monitor attaches itself,
-with ``cancellation=True``, replaces its statistics on every backward pass and needs no reset.)
+the parameters). The statistics follow ``.grad`` whatever resets it (any ``zero_grad``) and
+accumulate exactly when it does: micro-batches of equal size accumulated into ``.grad``, with
+their losses divided by their number or not, give the whole batch's cancellation
+(mean-reduced micro-batches of different sizes give none, as their gbar is not known).
 
 Cheap set (every step): ``loss``, ``grad_norm`` (||g|| over all tracked parameters),
 ``grad_norm/<name>`` per parameter, and, when every parameter with a gradient carries
