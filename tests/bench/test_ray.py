@@ -17,10 +17,11 @@ import ray
 import torch
 
 from synaprune.bench import get_method
-from synaprune.bench._ray import run_block, sweep_ray
+from synaprune.bench._ray import _check_reachable, run_block, sweep_ray
 from synaprune.bench.store import ResultStore
 from synaprune.bench.sweep import sweep
 from synaprune.cli import main
+from synaprune.errors import UsageError
 from synaprune.problems import get_problem
 
 PROBLEM = "xor"
@@ -32,7 +33,8 @@ BLOCK = 2  # 4 blocks per method
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
+             _node_ip_address="127.0.0.1")  # the cluster's traffic stays on the loopback
     # The workers cannot import this test file: ship its functions (block_fn below) by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
@@ -161,3 +163,10 @@ def test_an_interrupted_driver_keeps_finished_blocks_and_reruns_only_the_rest(
         again = _created(store)
         assert {k: again[k] for k in first} == first
         _assert_same_runs(store, local)
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:x", "ray://:10001", "127.0.0.1:1"])
+def test_an_address_where_nothing_answers_is_one_line_at_once(address):
+    """Ray itself retries an unreachable address for minutes; bench says so at once."""
+    with pytest.raises(UsageError, match=f"--ray {address}: (expected|nothing answers)"):
+        _check_reachable(address, timeout=2.0)

@@ -22,6 +22,7 @@ cluster's workers need this package importable (``pip install synaprune[ray]`` o
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,17 +60,32 @@ def connect(address: str) -> None:
         return
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
                                   logging_level="warning")
+    if address != "auto":
+        _check_reachable(address)
     try:
         if address == "auto":
             try:
                 ray.init(address="auto", **kwargs)
-            except ConnectionError:  # no cluster running here: start one on this machine
-                ray.init(**kwargs)
+            except ConnectionError:  # no cluster running here: start one on this machine,
+                ray.init(_node_ip_address="127.0.0.1", **kwargs)  # on the loopback only
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--ray {address}: cannot connect to a Ray cluster: {first}") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once an address where nothing listens (Ray itself retries for minutes)."""
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: expected 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--ray {address}: nothing answers at {host}:{port} ({exc}); start "
+                         f"the cluster (ray start --head) or check the address") from None
 
 
 def run_block(problem: Problem, method: Method, seeds: Sequence[int], steps: int,
