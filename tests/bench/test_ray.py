@@ -9,7 +9,10 @@ the claim). One cluster serves the whole module (Ray takes seconds to start).
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,45 @@ def test_an_address_where_nothing_answers_is_one_line_at_once(address):
     """Ray itself retries an unreachable address for minutes; bench says so at once."""
     with pytest.raises(UsageError, match=f"--ray {address}: (expected|nothing answers)"):
         _check_reachable(address, timeout=2.0)
+
+
+def test_a_driver_killed_mid_sweep_loses_no_block_and_a_rerun_duplicates_none(cluster, tmp_path):
+    """``synaprune bench --ray ADDRESS`` in its own process, joined to this module's cluster,
+    SIGKILLed right after its first block reached the database; a rerun completes the sweep."""
+    db = tmp_path / "killed.db"
+    seeds, block, steps = 16, 2, 100
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "synaprune", "bench", "--problem", PROBLEM, "--method",
+           "gd:lr=0.1", "--seeds", str(seeds), "--steps", str(steps), "--batch-seeds",
+           str(block), "--db", str(db), "--ray", address, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    written = 0
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                with sqlite3.connect(db, timeout=30) as conn:
+                    try:
+                        written = conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+                    except sqlite3.OperationalError:  # the table is not created yet
+                        written = 0
+                if written:
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert written, f"the driver wrote nothing before it ended: {err.decode()[-2000:]}"
+    problem, method = get_problem(PROBLEM), get_method("gd:lr=0.1", problem=PROBLEM)
+    with ResultStore(db) as store:
+        before = _created(store)
+        assert 0 < len(before) < seeds, "the kill must land mid-sweep"
+        done = sorted(s for _, s in before)
+        assert len(done) % block == 0 and all(done[i] + 1 == done[i + 1]
+                                              for i in range(0, len(done), block))  # whole blocks
+        (report,) = sweep_ray([(problem, method)], range(seeds), steps, store,
+                              batch_seeds=block)
+        assert (report.skipped, report.ran) == (len(before), seeds - len(before))
+        after = _created(store)
+        assert sorted(s for _, s in after) == list(range(seeds))  # each seed once
+        assert {k: after[k] for k in before} == before  # the finished blocks were kept
