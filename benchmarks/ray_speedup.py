@@ -72,6 +72,7 @@ def speedup(args: argparse.Namespace) -> dict[str, float]:
         sweep(problem, method, seeds, args.steps, local, batch_seeds=args.batch_seeds)
         t_local = time.perf_counter() - start
 
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray phones home by default; not here
         start = time.perf_counter()
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
                  logging_level="warning", _node_ip_address="127.0.0.1")

@@ -36,12 +36,18 @@ BLOCK = 2  # 4 blocks per method
 
 @pytest.fixture(scope="module")
 def cluster():
+    before = os.environ.get("RAY_USAGE_STATS_ENABLED")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray phones home by default; not from here
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning",
              _node_ip_address="127.0.0.1")  # the cluster's traffic stays on the loopback
     # The workers cannot import this test file: ship its functions (block_fn below) by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop("RAY_USAGE_STATS_ENABLED", None)
+    else:
+        os.environ["RAY_USAGE_STATS_ENABLED"] = before
 
 
 def _jobs():

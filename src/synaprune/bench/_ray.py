@@ -22,6 +22,7 @@ cluster's workers need this package importable (``pip install synaprune[ray]`` o
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,9 @@ def connect(address: str) -> None:
                                   logging_level="warning")
     if address != "auto":
         _check_reachable(address)
+    # Ray reports usage statistics to its authors' server by default; a cluster this command
+    # starts does not (an explicit RAY_USAGE_STATS_ENABLED=1 is respected).
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if address == "auto":
             try:
