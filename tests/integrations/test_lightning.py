@@ -305,3 +305,22 @@ def test_monitor_expensive_set_on_schedule_and_submodule(tmp_path):
     with open(f"{trainer.logger.log_dir}/metrics.csv", newline="") as fh:
         logged = sorted({int(r["step"]) for r in csv.DictReader(fh) if r.get("synaprune/loss")})
     assert logged == [0, 3, 8, 13, 18]
+
+
+def test_a_callback_reused_on_another_model_takes_that_model_s_norms(tmp_path):
+    """Fitting the same module again keeps the penalty's c_l; a new module gets its own (the
+    norms of the first would silently shape the second's stabiliser)."""
+    cb = SynaPruneCallback(**C)
+    first = Net(0, A_B)
+    norms0 = [float(m.weight.detach().norm()) for m in first.model if hasattr(m, "weight")]
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(tmp_path, [cb], max_steps=1).fit(first, train_dataloaders=_loader())
+        assert cb.state_dict()["init_norms"] == norms0
+    second = Net(1, A_B)
+    norms1 = [float(m.weight.detach().norm()) for m in second.model if hasattr(m, "weight")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(tmp_path, [cb], max_steps=1).fit(second, train_dataloaders=_loader())
+    assert cb.state_dict()["init_norms"] == norms1 != norms0

@@ -161,6 +161,7 @@ class SynaPruneCallback(Callback):
         self.penalty: ActivationGradientPenalty | None = None
         self.monitor: TrainingMonitor | None = None
         self._init_norms: list[float] | None = None  # the penalty's c_l, kept for checkpoints
+        self._norms_of: int | None = None  # id of the model they were taken from (None: a ckpt)
         self._module: pl.LightningModule | None = None
         self._losses: list[Tensor] = []
         self._terms: list[tuple[float, float]] = []
@@ -190,10 +191,12 @@ class SynaPruneCallback(Callback):
                       else [model.get_submodule(n) for n in self.layer_names])
             self.penalty = ActivationGradientPenalty(model, beta=self.beta, gamma=self.gamma,
                                                      layers=layers, reduction=self.reduction)
-            if self._init_norms is None:
+            if self._init_norms is None or self._norms_of not in (None, id(model)):
+                # A first fit, or this callback reused on another model: its own norms.
                 self._init_norms = list(self.penalty.init_norms)
-            else:  # set by load_state_dict (or by an earlier fit of this callback)
+            else:  # an earlier fit of this model, or a checkpoint (applied again at restore)
                 self._set_init_norms(self._init_norms)
+            self._norms_of = id(model)
         if self.use_monitor:
             self.monitor = TrainingMonitor(
                 model, self.monitor_path, loss_fn=self.loss_fn, schedule=self.schedule,
@@ -277,6 +280,7 @@ class SynaPruneCallback(Callback):
         if self.beta is None:
             return
         self._init_norms = [float(c) for c in norms]
+        self._norms_of = None
         if self.penalty is not None:
             self._set_init_norms(self._init_norms)
 
