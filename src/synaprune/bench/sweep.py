@@ -10,7 +10,7 @@ from synaprune.bench.runner import check_compatible, run_seeds
 from synaprune.bench.store import ResultStore
 from synaprune.problems import Problem
 
-__all__ = ["SweepReport", "sweep"]
+__all__ = ["SweepReport", "plan_blocks", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,24 @@ class SweepReport:
     requested: int
     skipped: int
     ran: int
+
+
+def plan_blocks(problem: Problem, method: Method, seeds: Sequence[int], steps: int,
+                store: ResultStore, *, batch_seeds: int = 256) -> tuple[list[int], list[list[int]]]:
+    """The seeds wanted (distinct, in order) and the blocks of seeds not yet stored, as
+    :func:`sweep` trains them (``batch_seeds`` at a time, in order); also the Ray tasks of
+    ``synaprune bench --ray``, so that both train the same blocks.
+
+    Raises:
+        ValueError: If the method cannot train the problem or ``batch_seeds < 1``.
+    """
+    check_compatible(problem, method)
+    if batch_seeds < 1:
+        raise ValueError(f"Invalid batch_seeds: {batch_seeds}; must be >= 1")
+    wanted = list(dict.fromkeys(int(s) for s in seeds))
+    done = store.done_seeds(problem, method, steps)
+    todo = [s for s in wanted if s not in done]
+    return wanted, [todo[lo:lo + batch_seeds] for lo in range(0, len(todo), batch_seeds)]
 
 
 def sweep(
@@ -64,14 +82,9 @@ def sweep(
     Raises:
         ValueError: If the method cannot train the problem or ``batch_seeds < 1``.
     """
-    check_compatible(problem, method)
-    if batch_seeds < 1:
-        raise ValueError(f"Invalid batch_seeds: {batch_seeds}; must be >= 1")
-    wanted = list(dict.fromkeys(int(s) for s in seeds))
-    done = store.done_seeds(problem, method, steps)
-    todo = [s for s in wanted if s not in done]
-    for lo in range(0, len(todo), batch_seeds):
-        batch = todo[lo:lo + batch_seeds]
+    wanted, blocks = plan_blocks(problem, method, seeds, steps, store, batch_seeds=batch_seeds)
+    todo = [s for block in blocks for s in block]
+    for batch in blocks:
         results = run_seeds(problem, method, batch, steps, on_step=on_step)
         store.write(problem, method, steps, results)
         if on_batch is not None:
