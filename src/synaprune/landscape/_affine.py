@@ -90,13 +90,19 @@ def bytes_per_point(layers: Sequence[nn.Module], center: ParamDict, x: Tensor) -
     return element * (weights + 2 * x.shape[0] * max(widths))
 
 
-def _combine(base: Tensor | None, dirs: list[Tensor], c: Tensor) -> Tensor | None:
-    """``base + sum_k c[:, k] * dirs[k]`` for every row of ``c`` [P, K], size [P, *base]."""
-    if base is None:
+def _stacked(center: ParamDict, directions: Sequence[ParamDict], name: str
+             ) -> tuple[Tensor, Tensor] | None:
+    """``(center[name] as [1, numel], directions' [name] stacked as [K, numel])``, or None."""
+    if name not in center:
         return None
-    stacked = torch.stack([d.reshape(-1) for d in dirs])  # [K, numel]
-    out = torch.addmm(base.reshape(1, -1), c, stacked)  # [P, numel]
-    return out.reshape(c.shape[0], *base.shape)
+    return (center[name].reshape(1, -1),
+            torch.stack([d[name].reshape(-1) for d in directions]))
+
+
+def _combine(stacked: tuple[Tensor, Tensor], c: Tensor, shape: torch.Size) -> Tensor:
+    """``base + sum_k c[:, k] * dirs[k]`` for every row of ``c`` [P, K], size [P, *shape]."""
+    base, dirs = stacked
+    return torch.addmm(base, c, dirs).reshape(c.shape[0], *shape)
 
 
 def _first_layer(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -140,6 +146,9 @@ def evaluate_mlp(
         z0 = _first_layer(x, param(center, 0, "weight"), param(center, 0, "bias"))
         zk = torch.stack([_first_layer(x, param(d, 0, "weight"), param(d, 0, "bias")).reshape(-1)
                           for d in directions])
+        later = {i: (_stacked(center, directions, f"{i}.weight"),
+                     _stacked(center, directions, f"{i}.bias"))
+                 for i, layer in enumerate(layers) if i and type(layer) is nn.Linear}
         for start in range(0, coefficients.shape[0], chunk_size):
             c = coefficients[start:start + chunk_size]
             p = c.shape[0]
@@ -152,13 +161,14 @@ def evaluate_mlp(
                 if type(layer) is not nn.Linear:
                     h = layer(h)
                     continue
-                weight = _combine(param(center, i, "weight"),
-                                  [param(d, i, "weight") for d in directions], c)
-                bias = _combine(param(center, i, "bias"),
-                                [param(d, i, "bias") for d in directions], c)
-                assert weight is not None
-                h = torch.bmm(weight, h) if bias is None else torch.baddbmm(
-                    bias[:, :, None], weight, h)
+                w_stack, b_stack = later[i]
+                assert w_stack is not None  # nn.Linear always has a weight
+                weight = _combine(w_stack, c, layer.weight.shape)
+                if b_stack is None:
+                    h = torch.bmm(weight, h)
+                else:
+                    h = torch.baddbmm(_combine(b_stack, c, layer.bias.shape)[:, :, None],
+                                      weight, h)
             h = h.transpose(1, 2)  # [P, N, out]: what loss_fn expects for each point
             losses = batched_loss(h, y)
             if losses.shape != (p,):
