@@ -134,3 +134,13 @@ def test_unknown_method_is_refused():
     c = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(ValueError, match="Invalid method: 'fast'"):
         slice_2d(model, loss_fn, data, c, c, c, [0.0, 1.0], [0.0, 1.0], method="fast")
+
+
+@pytest.mark.parametrize("method", ["affine", "vmap"])
+def test_loss_that_is_not_a_scalar_is_refused(method):
+    g = torch.Generator().manual_seed(8)
+    model, data, _ = _deep(g)
+    c = {n: p.detach().clone() for n, p in model.named_parameters()}
+    per_example = lambda out, y: F.mse_loss(out, y, reduction="none").mean(1)  # noqa: E731
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar .* got size \[30\]"):
+        slice_2d(model, per_example, data, c, c, c, [0.0, 1.0], [0.0, 1.0], method=method)
