@@ -100,8 +100,11 @@ def _not_mlps(g):
     dropout = nn.Sequential(nn.Linear(6, 9), nn.Dropout(0.5), nn.Linear(9, 4)).double().eval()
     norm = nn.Sequential(nn.Linear(6, 9), nn.BatchNorm1d(9), nn.Linear(9, 4)).double().eval()
     norm[1].running_mean.copy_(torch.randn(9, generator=g, dtype=torch.float64))
+    shared_layer = nn.Linear(9, 9)
+    shared = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), shared_layer, nn.Tanh(), shared_layer,
+                           nn.Linear(9, 4)).double()
     return {"forward hook": hooked, "Linear subclass": sub, "Dropout": dropout,
-            "BatchNorm (buffers)": norm}, base[1]
+            "BatchNorm (buffers)": norm, "a Linear used twice": shared}, base[1]
 
 
 def test_auto_leaves_what_is_not_a_plain_mlp_to_vmap_and_stays_right():
@@ -112,12 +115,16 @@ def test_auto_leaves_what_is_not_a_plain_mlp_to_vmap_and_stays_right():
         center = {n: p.detach().clone() for n, p in model.named_parameters()}
         d1, d2 = random_directions(model, g), random_directions(model, g)
         grid = torch.tensor([-0.5, 0.5], dtype=torch.float64)
+        with torch.no_grad():
+            before = model(data[0])
         auto = slice_2d(model, F.mse_loss, data, center, d1, d2, grid, grid)
         ref = _loop(model, F.mse_loss, data, [{n: center[n] + a * d1[n] + b * d2[n]
                                                for n in center}
                                               for a in grid.tolist() for b in grid.tolist()])
         # The hook, the subclass's factor 2 and the buffers change the loss: auto must follow.
         torch.testing.assert_close(auto.reshape(-1), ref, rtol=1e-12, atol=1e-12, msg=what)
+        # The model still works and is unchanged (a module used twice was left broken once).
+        torch.testing.assert_close(model(data[0]), before, rtol=0, atol=0)
         with pytest.raises(ValueError, match=r"method='affine' needs an nn\.Sequential"):
             slice_2d(model, F.mse_loss, data, center, d1, d2, grid, grid, method="affine")
 

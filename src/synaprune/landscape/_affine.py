@@ -60,14 +60,16 @@ def mlp_layers(model: nn.Module, x: Tensor) -> list[nn.Module] | None:
     Returns:
         ``list(model)`` when ``model`` is exactly an ``nn.Sequential`` whose first module is an
         ``nn.Linear``, whose other modules are ``nn.Linear`` or one of :data:`ELEMENTWISE`
-        (exact types), with no buffers and no forward hooks, and ``x`` is two-dimensional;
-        otherwise None.
+        (exact types), each used once, with no buffers and no forward hooks, and ``x`` is
+        two-dimensional; otherwise None.
     """
     if type(model) is not nn.Sequential or x.dim() != 2 or _global_hooks() or _has_hooks(model):
         return None
     layers = list(model)
     if not layers or type(layers[0]) is not nn.Linear:
         return None
+    if len({id(layer) for layer in layers}) != len(layers):
+        return None  # a module used twice: its parameters are named once, at its first place
     if any(True for _ in model.buffers()):
         return None
     for layer in layers:

@@ -15,6 +15,7 @@ memory bound allows, so a grid of any size runs in bounded memory.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -110,6 +111,10 @@ def _evaluate(
     if chunk_size is None:
         chunk_size = max(1, max_memory // _bytes_per_point(model, center, x))
     names = list(center)
+    if _shares_modules(model):
+        # functional_call under vmap leaves a module that appears twice holding escaped
+        # batched tensors (torch 2.13): the caller's model would be broken afterwards.
+        model = copy.deepcopy(model)
 
     def loss_at(params: dict[str, Tensor]) -> Tensor:
         return loss_fn(functional_call(model, params, (x,)), y)
@@ -137,6 +142,12 @@ def _evaluate(
     result = torch.cat(out)
     _warn_nan(result)
     return result
+
+
+def _shares_modules(model: nn.Module) -> bool:
+    """Whether some submodule appears at two places (tied weights)."""
+    every = [m for _, m in model.named_modules(remove_duplicate=False)]
+    return len({id(m) for m in every}) != len(every)
 
 
 def _warn_nan(result: Tensor) -> None:
