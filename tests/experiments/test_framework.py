@@ -135,3 +135,30 @@ def test_cli_corrupt_store_is_a_usage_error_and_kept(toy, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "toy.db" in err[0]
     assert db.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_cli_out_under_a_file_is_refused_and_kept(toy, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    assert main(["experiment", "toy", "--quick", "--out", str(blocker / "sub"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create --out" in err[0]
+    assert blocker.read_text() == "keep me"
+
+
+def test_cli_empty_out_is_refused(toy, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "toy", "--quick", "--out", "", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out is empty" in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written to the current directory
+
+
+def test_output_that_is_a_directory_is_refused_before_any_cell(toy, tmp_path, capsys):
+    _module, calls = toy
+    (tmp_path / "toy.png").mkdir()
+    assert main(["experiment", "toy", "--quick", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "toy.png" in err[0] and "not a file" in err[0]
+    assert calls == []  # refused before the long work, not after it

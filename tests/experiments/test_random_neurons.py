@@ -50,3 +50,11 @@ def test_a_cell_matches_a_direct_pretraining_run(quick):
     assert row["rejected"] == direct.rejected
     with torch.no_grad():
         assert direct.objective == (direct.module(x)[:, 0] - y).square().mean().item()
+
+
+def test_exact_fit_note_ignores_the_nearly_linear_small_scale_runs():
+    # tanh at scale 0.01 stops near var(y) (measured: 0.117); the exact-fit note once showed it.
+    rows = [{"weight_scale": 1.0, "final_relative": 1e-20, "variance": 0.2},
+            {"weight_scale": 1.0, "final_relative": 3e-18, "variance": 0.1},
+            {"weight_scale": 0.01, "final_relative": 0.6, "variance": 0.2}]
+    assert rn.exact_fit_objective(rows) == 3e-18 * 0.1  # the same product, bit for bit

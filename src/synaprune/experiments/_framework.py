@@ -175,11 +175,23 @@ def run_experiment(name: str, out_dir: str | os.PathLike = "out/experiments", *,
         raise ValueError(f"unknown experiment '{name}'; choose from: "
                          f"{', '.join(sorted(experiments))}")
     module = experiments[name]
+    if str(out_dir).strip() == "":
+        raise ValueError("--out is empty; give a directory, e.g. --out out/experiments")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out '{out}' exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, read-only file system
+        raise ValueError(f"cannot create --out '{out}': {exc.strerror or exc}") from None
     db_path, csv_path, png_path = out / f"{name}.db", out / f"{name}.csv", out / f"{name}.png"
+    # Found now, not after the cells are computed: outputs that could not be replaced.
+    for target in (csv_path, png_path):
+        if target.exists() and not target.is_file():
+            raise ValueError(f"'{target}' exists and is not a file; move it or choose another "
+                             "--out")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out '{out}' is not writable; choose another directory")
     version = str(getattr(module, "VERSION", "1"))
     mode = "quick" if quick else "full"
     cells = [_check_cell(name, c) for c in module.cells(quick)]

@@ -47,7 +47,7 @@ def cells(quick: bool) -> list[dict[str, Any]]:
         configs = [(act, n, 0, 1.0) for act in ("tanh", "relu") for n in (50, 100, 200)]
         configs += [(act, 100, p, 1.0) for act in ("tanh", "relu") for p in (10, 100)]
         configs += [("relu", 100, 0, 0.01), ("tanh", 100, 0, 0.01)]
-        seeds = {0: 20, 10: 10, 100: 10}
+        seeds = {0: 20, 10: 10, 100: 6}  # 100 tries: ~1.5 min a cell on a shared core
     return [{"activation": act, "N": n, "perturbations": p, "weight_scale": scale, "seed": s}
             for act, n, p, scale in configs for s in range(seeds[p])]
 
@@ -147,11 +147,20 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "rejection_rates": {k: v[0] / max(v[1], 1) for k, v in rates.items()}}
 
 
-def _floor_note(ax: Any, finals: list[float]) -> None:
+def exact_fit_objective(rows: list[dict[str, Any]]) -> float:
+    """Largest objective (MSE) at N neurons over the unit-scale runs of ``rows``.
+
+    Runs at weight scale 0.01 are left out: tanh there is nearly linear and stops far above
+    zero, which a figure note about the exact fit must not report as one.
+    """
+    return max(r["final_relative"] * r["variance"] for r in rows if r["weight_scale"] == 1.0)
+
+
+def _floor_note(ax: Any, worst: float) -> None:
     """Cut the axis at 1e-9: at N neurons the fit is exact and the curve drops to rounding."""
     ax.set_ylim(bottom=1e-9)
-    ax.text(0.02, 0.03, f"at N neurons: objective <= {max(finals):.1e} (exact fit, rounding)",
-            transform=ax.transAxes, fontsize=7)
+    ax.text(0.98, 0.97, f"at N neurons (scale 1): objective <= {worst:.1e}",
+            transform=ax.transAxes, fontsize=7, ha="right", va="top")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -170,8 +179,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                       and r["weight_scale"] == scale]
             label = f"{p} perturbations/neuron" + (f", scale {scale:g}" if scale != 1 else "")
             curve_band(ax, [f * n_mid for f in FRACTIONS], curves, label, color)
-        _floor_note(ax, [r["final_relative"] * r["variance"] for r in rows
-                         if r["activation"] == act and r["N"] == n_mid])
+        _floor_note(ax, exact_fit_objective([r for r in rows if r["activation"] == act
+                                             and r["N"] == n_mid]))
         ax.set_title(f"{act}, N = {n_mid} points", fontsize=10)
         ax.set_xlabel("neurons")
         ax.set_ylabel("objective (training MSE)")
@@ -185,7 +194,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if curves:
                 curve_band(ax, list(FRACTIONS), curves, f"{act}, N = {n}", colors[i])
                 ax.lines[-1].set_linestyle(style)
-    _floor_note(ax, [r["final_relative"] * r["variance"] for r in rows])
+    _floor_note(ax, exact_fit_objective(rows))
     ax.set_title("data set sizes (MSE = seed's scaled objective)", fontsize=10)
     ax.set_xlabel("neurons / N")
     ax.legend(fontsize=7)

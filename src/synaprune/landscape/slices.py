@@ -1,14 +1,21 @@
-"""Loss along a line and over a plane of parameter space, grid points batched with vmap.
+"""Loss along a line and over a plane of parameter space, grid points evaluated in chunks.
 
-Every point is ``theta = center + sum_k c_k * direction_k``. The parameters of a chunk of points
-are built at once as tensors of size [chunk, *shape], and ``vmap`` of
-``torch.func.functional_call`` evaluates the loss of every point of the chunk in one call. The
-chunk is as large as a memory bound allows (the parameters and every module output of one point,
-times the chunk size), so a grid of any size runs in bounded memory.
+Every point is ``theta = center + sum_k c_k * direction_k``. Two exact methods:
+
+* ``"affine"`` (MLPs, see :mod:`synaprune.landscape._affine`): the first layer's products with
+  the inputs are computed once for the whole grid (the first layer is affine in the
+  coefficients), the other layers batched over a chunk of points with ``baddbmm``;
+* ``"vmap"`` (any module): the parameters of a chunk of points are built at once as tensors of
+  size [chunk, *shape], and ``vmap`` of ``torch.func.functional_call`` evaluates every point of
+  the chunk in one call.
+
+``method="auto"`` takes the affine path whenever the model qualifies. The chunk is as large as a
+memory bound allows, so a grid of any size runs in bounded memory.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -16,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from synaprune.landscape._affine import bytes_per_point, evaluate_mlp, mlp_layers
 from synaprune.landscape._params import ParamDict, check_coordinates, check_like
 
 __all__ = ["interpolate", "slice_2d"]
@@ -24,6 +32,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: Default bound on the memory of one chunk of grid points (bytes), see :func:`slice_2d`.
 MAX_MEMORY = 8 * 2**20
+
+#: Values of the ``method`` option.
+METHODS = ("auto", "affine", "vmap")
 
 
 def _check_data(data: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -69,8 +80,11 @@ def _evaluate(
     *,
     chunk_size: int | None,
     max_memory: int,
+    method: str,
 ) -> Tensor:
     """Loss at ``center + coefficients[p] @ directions`` for every row p, size [P] (float64)."""
+    if method not in METHODS:
+        raise ValueError(f"Invalid method: {method!r}; expected one of {', '.join(METHODS)}")
     x, y = _check_data(data)
     check_like(model, center, "center")
     for i, direction in enumerate(directions):
@@ -79,11 +93,28 @@ def _evaluate(
         raise ValueError(f"Invalid chunk_size: {chunk_size}; expected a positive int or None")
     if max_memory <= 0:
         raise ValueError(f"Invalid max_memory: {max_memory}; expected a positive byte count")
+    layers = mlp_layers(model, x) if method != "vmap" else None
+    if method == "affine" and layers is None:
+        raise ValueError(
+            "method='affine' needs an nn.Sequential of nn.Linear and elementwise activations "
+            "(no hooks, no buffers) and inputs of size [N, features]; use method='vmap'"
+        )
+    dtype = next(iter(center.values())).dtype
+    coefficients = coefficients.to(dtype)
+    if layers is not None:
+        if chunk_size is None:
+            chunk_size = max(1, max_memory // bytes_per_point(layers, center, x))
+        result = evaluate_mlp(layers, loss_fn, x, y, center, directions, coefficients,
+                              chunk_size)
+        _warn_nan(result)
+        return result
     if chunk_size is None:
         chunk_size = max(1, max_memory // _bytes_per_point(model, center, x))
     names = list(center)
-    dtype = next(iter(center.values())).dtype
-    coefficients = coefficients.to(dtype)
+    if _shares_modules(model):
+        # functional_call under vmap leaves a module that appears twice holding escaped
+        # batched tensors (torch 2.13): the caller's model would be broken afterwards.
+        model = copy.deepcopy(model)
 
     def loss_at(params: dict[str, Tensor]) -> Tensor:
         return loss_fn(functional_call(model, params, (x,)), y)
@@ -109,13 +140,23 @@ def _evaluate(
                 )
             out.append(losses.to(torch.float64))
     result = torch.cat(out)
+    _warn_nan(result)
+    return result
+
+
+def _shares_modules(model: nn.Module) -> bool:
+    """Whether some submodule appears at two places (tied weights)."""
+    every = [m for _, m in model.named_modules(remove_duplicate=False)]
+    return len({id(m) for m in every}) != len(every)
+
+
+def _warn_nan(result: Tensor) -> None:
     if torch.isnan(result).any():
         warnings.warn(
             f"{int(torch.isnan(result).sum())} of {result.numel()} grid points have a NaN loss",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    return result
 
 
 def interpolate(
@@ -129,6 +170,7 @@ def interpolate(
     alphas: Tensor | Sequence[float] | None = None,
     chunk_size: int | None = None,
     max_memory: int = MAX_MEMORY,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Loss along the line ``(1 - alpha) * theta_a + alpha * theta_b`` (Goodfellow et al. 2015).
 
@@ -143,15 +185,20 @@ def interpolate(
         theta_b: Parameters at alpha = 1.
         num: Number of alphas, evenly spaced on [0, 1] (used when ``alphas`` is None).
         alphas: Explicit coordinates, size [A] (values outside [0, 1] extrapolate).
-        chunk_size: Points per vmap call; None picks the largest within ``max_memory``.
+        chunk_size: Points evaluated together; None picks the largest within ``max_memory``.
         max_memory: Bound in bytes on one chunk's parameters and module outputs.
+        method: ``"affine"`` (MLPs: the first layer's products computed once for all points,
+            see the module docstring), ``"vmap"`` (any module), or ``"auto"``: affine when the
+            model is an ``nn.Sequential`` of ``nn.Linear`` and elementwise activations with
+            inputs [N, features], vmap otherwise. Both are exact up to rounding.
 
     Returns:
         ``(alphas, losses)``: float64 tensors of size [A].
 
     Raises:
         ValueError: Fewer than two alphas, NaN, parameter dicts that do not match the model,
-            a ``loss_fn`` that does not return a scalar.
+            a ``loss_fn`` that does not return a scalar, an unknown ``method`` or
+            ``method="affine"`` for a model that is not a plain MLP.
     """
     if alphas is None:
         if not isinstance(num, int) or num < 2:
@@ -162,7 +209,7 @@ def interpolate(
     check_like(model, theta_b, "theta_b")
     delta = {name: theta_b[name] - theta_a[name] for name in theta_a}
     losses = _evaluate(model, loss_fn, data, theta_a, [delta], alphas[:, None],
-                       chunk_size=chunk_size, max_memory=max_memory)
+                       chunk_size=chunk_size, max_memory=max_memory, method=method)
     return alphas, losses
 
 
@@ -178,11 +225,12 @@ def slice_2d(
     *,
     chunk_size: int | None = None,
     max_memory: int = MAX_MEMORY,
+    method: str = "auto",
 ) -> Tensor:
     """Loss over the plane ``center + alpha * d1 + beta * d2`` (Li et al. 2018).
 
     Args:
-        model, loss_fn, data, chunk_size, max_memory: As in :func:`interpolate`.
+        model, loss_fn, data, chunk_size, max_memory, method: As in :func:`interpolate`.
         center: Parameters at (0, 0), a dict shaped like ``model.named_parameters()``.
         d1: First direction (e.g. :func:`random_directions` or a principal direction of
             :func:`trajectory_pca`), same shapes.
@@ -216,7 +264,7 @@ def slice_2d(
     grid_a, grid_b = torch.meshgrid(alphas, betas, indexing="ij")
     coefficients = torch.stack([grid_a.reshape(-1), grid_b.reshape(-1)], dim=1)
     losses = _evaluate(model, loss_fn, data, center, [d1, d2], coefficients,
-                       chunk_size=chunk_size, max_memory=max_memory)
+                       chunk_size=chunk_size, max_memory=max_memory, method=method)
     return losses.reshape(alphas.numel(), betas.numel())
 
 
