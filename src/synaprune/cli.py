@@ -6,6 +6,7 @@
     synaprune results --db results.db --runs --problem xor     # run ids, for diagnose --run
     synaprune diagnose --model mlp:4-8-1:tanh --checkpoint weights.pt --data data.npz
     synaprune diagnose --db results.db --run 14
+    synaprune report --db results.db --out report/ --experiments out/experiments
 
 Bad input gives one line on standard error and exit status 2, never a traceback: the
 subcommands raise :class:`synaprune.errors.UsageError` for it.
@@ -23,6 +24,7 @@ from synaprune.bench.cli import add_bench_parser, add_results_parser
 from synaprune.diagnose.cli import add_diagnose_parser
 from synaprune.errors import UsageError
 from synaprune.experiments._cli import add_experiment_parser
+from synaprune.report.cli import add_report_parser
 
 __all__ = ["build_parser", "main"]
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_results_parser(sub)
     add_diagnose_parser(sub)
     add_experiment_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
