@@ -13,34 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_cases import TS, add_contract_columns
 
-from synaprune.bench import get_method
 from synaprune.bench.store import ResultStore
-from synaprune.bench.sweep import sweep
 from synaprune.cli import main
-from synaprune.problems import get_problem
 from synaprune.report import _stats
 from synaprune.report.build import MARKER, write_report
-
-XOR = "xor"
-TS = "teacher-student:k=3"
-
-
-@pytest.fixture(scope="module")
-def lab_db(tmp_path_factory) -> Path:
-    """A real results database: xor (gd gets stuck on some seeds; synaprune-b) and an exact
-    teacher-student problem, which cannot be diagnosed."""
-    import torch
-
-    torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("lab") / "results.db"
-    with ResultStore(path) as store:
-        xor = get_problem(XOR)
-        for spec in ("gd:lr=2", "synaprune-b"):
-            sweep(xor, get_method(spec, problem="xor"), range(8), 300, store)
-        ts = get_problem(TS)
-        sweep(ts, get_method("gd:lr=0.5"), range(6), 150, store)
-    return path
 
 
 def _copy(db: Path, tmp_path: Path, name: str = "copy.db") -> Path:
@@ -129,30 +107,9 @@ def test_report_of_an_old_database_shows_what_exists_and_says_what_is_missing(la
     assert "Verdict:" in text
 
 
-def _add_contract_columns(db: Path) -> dict[int, tuple[str, float]]:
-    """The columns the store will add (CONTRACT.md), filled as a store would: kind from the
-    status (spurious for even seeds, saddle for odd), cost = 2 gradients a step for
-    synaprune-b, 1 for gd."""
-    out = {}
-    with sqlite3.connect(db) as conn:
-        for column, sql_type in (("kind", "TEXT"), ("min_eig", "REAL"),
-                                 ("saddle_index", "INTEGER"), ("cost", "REAL")):
-            conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}")
-        rows = conn.execute("SELECT id, status, seed, steps, method_name FROM runs").fetchall()
-        for run_id, status, seed, steps, method in rows:
-            kind = ("global" if status == "ok" else "diverged" if status == "diverged"
-                    else "spurious" if seed % 2 == 0 else "saddle")
-            cost = steps * (2.0 if method == "synaprune-b" else 1.0)
-            conn.execute("UPDATE runs SET kind=?, cost=?, min_eig=?, saddle_index=? WHERE id=?",
-                         (kind, cost, 0.01 if kind == "spurious" else -0.5,
-                          0 if kind == "spurious" else 1, run_id))
-            out[run_id] = (kind, cost)
-    return out
-
-
 def test_report_picks_up_failure_kinds_and_costs_when_the_database_has_them(lab_db, tmp_path):
     db = _copy(lab_db, tmp_path)
-    kinds = _add_contract_columns(db)
+    kinds = add_contract_columns(db)
     index = write_report(db, tmp_path / "rep", progress=False)
     text, page = _page(index)
     assert "not recorded" not in text  # neither the notes nor the legend's "kind not recorded"
@@ -175,7 +132,7 @@ def test_report_picks_up_failure_kinds_and_costs_when_the_database_has_them(lab_
 
 def test_a_kind_that_contradicts_the_status_is_flagged(lab_db, tmp_path):
     db = _copy(lab_db, tmp_path)
-    _add_contract_columns(db)
+    add_contract_columns(db)
     with sqlite3.connect(db) as conn:
         run_id = conn.execute("SELECT min(id) FROM runs WHERE success=1 AND problem_name='xor'"
                               ).fetchone()[0]
