@@ -30,7 +30,8 @@ from synaprune.bench.summary import wilson_interval
 from synaprune.report._data import FAILURE_KINDS
 
 __all__ = ["OUTCOMES", "Band", "cost_per_step", "equal_budget_success", "kind_mismatches",
-           "loss_band", "median_cost_per_step", "outcome", "outcome_counts"]
+           "loss_band", "median_cost_per_step", "outcome", "outcome_counts",
+           "stuck_runs"]
 
 # Every outcome a run can have, in the order figures stack them.
 OUTCOMES = ("global", *FAILURE_KINDS, "unknown")
@@ -182,3 +183,31 @@ def median_cost_per_step(rows: Sequence[dict[str, Any]]) -> float | None:
     """Median of :func:`cost_per_step` over the runs that record a cost, or None."""
     values = [c for c in (cost_per_step(r) for r in rows if r["steps"] > 0) if c is not None]
     return float(statistics.median(values)) if values else None
+
+
+def stuck_runs(rows: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` stuck runs (status ``budget``) worth diagnosing: one per (method,
+    budget) in turn, those with the most stuck runs first (ties by method spec), within one
+    the lowest seed first; the same choice for the same rows.
+
+    Args:
+        rows: Stored runs.
+        count: How many to pick at most.
+
+    Returns:
+        The picked rows, in the order picked.
+    """
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "budget":
+            groups.setdefault((row["method"], int(row["budget"])), []).append(row)
+    queues = sorted(((-len(g), key, sorted(g, key=lambda r: (r["seed"], r["id"])))
+                     for key, g in groups.items()), key=lambda q: q[:2])
+    picks: list[dict[str, Any]] = []
+    depth = 0
+    while len(picks) < count and any(len(q[2]) > depth for q in queues):
+        for q in queues:
+            if len(picks) < count and len(q[2]) > depth:
+                picks.append(q[2][depth])
+        depth += 1
+    return picks

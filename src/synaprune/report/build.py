@@ -159,26 +159,6 @@ def _label(method: str, budget: int, budgets: set[int]) -> str:
     return method_label(method) + (f" ({budget} steps)" if len(budgets) > 1 else "")
 
 
-def _stuck_picks(groups: list[tuple[str, int, list[dict[str, Any]]]],
-                 count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` stuck runs (status budget): one per method in turn, the methods with
-    the most stuck runs first, within a method the lowest seed."""
-    queues = []
-    for method, budget, runs in groups:
-        stuck = sorted((r for r in runs if r["status"] == "budget"), key=lambda r: r["seed"])
-        if stuck:
-            queues.append((-len(stuck), method_label(method), budget, stuck))
-    queues.sort(key=lambda q: q[:3])
-    picks: list[dict[str, Any]] = []
-    depth = 0
-    while len(picks) < count and any(len(q[3]) > depth for q in queues):
-        for q in queues:
-            if len(picks) < count and len(q[3]) > depth:
-                picks.append(q[3][depth])
-        depth += 1
-    return picks
-
-
 def _diagnose(db: str, run: dict[str, Any], k: int, maxiter: int) -> tuple[str, str]:
     """(verdict line, full text) of the diagnosis of one stored run, or why there is none."""
     import torch
@@ -255,7 +235,7 @@ def _write_problem(p: _Problem, table: RunTable, fig_dir: Path, n_diag: int, k: 
         picks = []
     else:
         diag_note = ""
-        picks = _stuck_picks(groups, n_diag)
+        picks = _stats.stuck_runs(p.rows, n_diag)
     for run in picks:
         verdict, text = _diagnose(table.db, run, k, maxiter)
         p.diagnoses[run["id"]] = (run, verdict, text)
