@@ -38,7 +38,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from synaprune.bench.suite import run_suite
 
-    return run_suite(args.db, args.out, quiet=args.quiet)
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    return run_suite(args.db, args.out, quiet=args.quiet, jobs=args.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo/report",
                       help="suite: report folder (default out/demo/report)")
     demo.add_argument("--quiet", action="store_true", help="suite: no progress bars")
+    demo.add_argument("--jobs", type=int, default=2,
+                      help="suite: problems trained at once, one process each (default 2)")
     demo.add_argument("--steps", type=int, default=2000, help="xor: training steps per run")
     demo.add_argument("--seeds", type=int, default=8, help="xor: initialisations per method")
     demo.add_argument("--plot", default="out/demo.png",

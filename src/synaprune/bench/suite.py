@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from synaprune.bench.methods import get_method, list_methods
 from synaprune.bench.runner import check_compatible
@@ -84,9 +85,58 @@ def suite_methods(entry: SuiteEntry) -> tuple[list[str], list[str]]:
     return names, left_out
 
 
+def _parallel(commands: list[tuple[list[str], list[str]]], jobs: int) -> int:
+    """Run ``synaprune bench`` commands ``jobs`` at a time, each in its own process; print
+    each one's output in the suite's order once it has finished; after a failure start no
+    more. Returns the first non-zero exit status, or 0."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    pending = list(range(len(commands)))
+    running: dict[int, tuple[subprocess.Popen, Any, float]] = {}
+    done: dict[int, tuple[str, float]] = {}
+    shown = status = 0
+    print(f"\n== training {len(commands)} problems, {jobs} at a time (one process each; "
+          "each problem's table follows when it is done)", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and not status:
+                i = pending.pop(0)
+                # a file, not a pipe: it never fills up; closed when the process is done
+                log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+                proc = subprocess.Popen([sys.executable, "-m", "synaprune", *commands[i][1],
+                                         "--quiet"], stdout=log, stderr=subprocess.STDOUT,
+                                        text=True)
+                running[i] = (proc, log, time.perf_counter())
+            if not running:
+                break
+            for i, (proc, log, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.seek(0)
+                done[i] = (log.read(), time.perf_counter() - start)
+                log.close()
+                del running[i]
+                status = status or proc.returncode
+            while shown in done:
+                out, seconds = done[shown]
+                print("\n" + "\n".join(commands[shown][0]) + f"  ({seconds:.0f} s)")
+                print(out, end="", flush=True)
+                shown += 1
+            time.sleep(0.2)
+    finally:
+        for proc, log, _ in running.values():  # interrupted: stop what this started
+            proc.terminate()
+            proc.wait()
+            log.close()
+    return status
+
+
 def run_suite(db: str | Path = "out/demo/results.db", out: str | Path = "out/demo/report",
               *, suite: tuple[SuiteEntry, ...] = QUICK_SUITE, quiet: bool = False,
-              experiments: str | Path | None = "out/experiments") -> int:
+              experiments: str | Path | None = "out/experiments", jobs: int = 2) -> int:
     """Run the suite into ``db``, diagnose one stuck run, write the report into ``out``.
 
     Args:
@@ -95,6 +145,9 @@ def run_suite(db: str | Path = "out/demo/results.db", out: str | Path = "out/dem
         suite: The problems, seeds and budgets.
         quiet: No progress bars.
         experiments: Experiments folder to include in the report when it exists.
+        jobs: Problems trained at once, each in its own process on one thread (2: both cores
+            of the project's machines; the database takes one writer at a time, a batch per
+            transaction). Their outputs are printed in the suite's order as each finishes.
 
     Returns:
         Exit status: 0, or the first failing command's (2 for bad input).
@@ -105,15 +158,22 @@ def run_suite(db: str | Path = "out/demo/results.db", out: str | Path = "out/dem
 
     Path(db).parent.mkdir(parents=True, exist_ok=True)
     extra = ["--quiet"] if quiet else []
+    commands = []
     for entry in suite:
         names, left_out = suite_methods(entry)
-        print(f"\n== {entry.problem}: {len(names)} methods x {entry.seeds} seeds, "
-              f"{entry.steps} steps", flush=True)
-        for line in left_out:
-            print(f"   left out: {line}")
-        status = main(["bench", "--problem", entry.problem, "--method", ",".join(names),
-                       "--seeds", str(entry.seeds), "--steps", str(entry.steps),
-                       "--db", str(db), "--threads", "1", *extra])
+        head = [f"== {entry.problem}: {len(names)} methods x {entry.seeds} seeds, "
+                f"{entry.steps} steps", *(f"   left out: {line}" for line in left_out)]
+        commands.append((head, ["bench", "--problem", entry.problem, "--method",
+                                ",".join(names), "--seeds", str(entry.seeds), "--steps",
+                                str(entry.steps), "--db", str(db), "--threads", "1"]))
+    if jobs <= 1:
+        for head, args in commands:
+            print("\n" + "\n".join(head), flush=True)
+            status = main([*args, *extra])
+            if status:
+                return status
+    else:
+        status = _parallel(commands, jobs)
         if status:
             return status
     table = load_runs(db)
