@@ -113,7 +113,8 @@ def test_report_picks_up_failure_kinds_and_costs_when_the_database_has_them(lab_
     index = write_report(db, tmp_path / "rep", progress=False)
     text, page = _page(index)
     assert "not recorded" not in text  # neither the notes nor the legend's "kind not recorded"
-    assert (tmp_path / "rep" / "fig" / "problem-2-loss-cost.png").stat().st_size > 0
+    assert '<section id="problem-1"><h2>xor' in text  # the problem with most methods first
+    assert (tmp_path / "rep" / "fig" / "problem-1-loss-cost.png").stat().st_size > 0
     rows = [r for r in ResultStore(db, readonly=True).rows(["xor"])]
     for method, label in (("gd", "gd lr=2"), ("synaprune-b", "synaprune-b")):
         group = [r for r in rows if r["method_name"] == method]

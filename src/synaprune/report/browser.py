@@ -84,7 +84,7 @@ def _driver(width: int, height: int, profile: str) -> Any:
 
 
 def check_page(index: str | Path, *, screenshot: str | Path | None = None, width: int = 1280,
-               height: int = 1600, full_page: bool = False) -> PageCheck:
+               height: int = 1600, full_page: bool = False, anchor: str = "") -> PageCheck:
     """Load ``index`` from disk in headless Chromium and check images, console and links.
 
     Args:
@@ -92,6 +92,7 @@ def check_page(index: str | Path, *, screenshot: str | Path | None = None, width
         screenshot: PNG to save of the page as shown (None: no screenshot).
         width, height: The window's size in CSS pixels.
         full_page: Screenshot the whole page's height instead of the window.
+        anchor: An id to scroll to before the screenshot (``"problem-2"``); "" for the top.
 
     Returns:
         A :class:`PageCheck`.
@@ -107,7 +108,7 @@ def check_page(index: str | Path, *, screenshot: str | Path | None = None, width
     driver = _driver(width, height, profile)
     try:
         driver.set_page_load_timeout(60)
-        driver.get(index.as_uri())
+        driver.get(index.as_uri() + (f"#{anchor}" if anchor else ""))
         facts = driver.execute_script(_PAGE_FACTS)
         out.title = facts["title"]
         out.images, out.links = len(facts["images"]), len(facts["links"])
@@ -151,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", default=None, help="PNG to save")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=1600)
+    parser.add_argument("--anchor", default="", help="id to scroll to before the screenshot")
     args = parser.parse_args(argv)
     try:
         result = check_page(args.index, screenshot=args.screenshot, width=args.width,
-                            height=args.height)
+                            height=args.height, anchor=args.anchor)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -67,7 +67,7 @@ overflow-wrap:anywhere}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.3em .7em;margin:.5em 0}
 .meta{color:#555;font-size:.9em}img{max-width:100%;height:auto;display:block;margin:.6em 0}
 .held{color:#1b7f3b;font-weight:bold}.nothold{color:#b3261e;font-weight:bold}
-.undecided{color:#8a6d00;font-weight:bold}.sw{display:inline-block;width:.8em;height:.8em;
+summary{cursor:pointer;color:#444;font-size:.9em}.undecided{color:#8a6d00;font-weight:bold}.sw{display:inline-block;width:.8em;height:.8em;
 margin-right:.25em;vertical-align:-.05em}
 """
 
@@ -422,26 +422,34 @@ def _header(table: RunTable, date: str | None, command: str, problems: list[_Pro
                    "Train some with: <code>synaprune bench --problem xor --method gd,"
                    f"synaprune-b --seeds 32 --steps 2000 --db {_e(table.db)}</code></p>")
     else:
-        out.append("<table><tr><th class='l'>problem</th><th class='l'>method (label)</th>"
-                   "<th>steps</th><th>runs</th><th class='l'>seeds</th></tr>")
+        out.append("<table><tr><th class='l'>problem</th><th>steps</th><th>methods</th>"
+                   "<th>runs</th><th class='l'>seeds</th><th class='l'>methods (label)</th>"
+                   "</tr>")
         commands = []
         for p in problems:
-            for method, budget in sorted({(r["method"], r["budget"]) for r in p.rows}):
-                runs = [r for r in p.rows if (r["method"], r["budget"]) == (method, budget)]
-                seeds = [r["seed"] for r in runs]
-                out.append(f"<tr><td class='l'>{_e(p.spec)}</td><td class='l'>"
-                           f"{_e(method_label(method))}</td><td>{budget}</td><td>{len(runs)}"
-                           f"</td><td class='l'>{_e(_seed_ranges(seeds))}</td></tr>")
-                for part in _seed_ranges(seeds).split(", "):
-                    lo, _, hi = part.partition("-")
-                    count = int(hi or lo) - int(lo) + 1
-                    commands.append(f"synaprune bench --problem '{p.spec}' --method "
-                                    f"'{method}' --seed-start {lo} --seeds {count} --steps "
-                                    f"{budget} --db {table.db}")
+            for budget in sorted({r["budget"] for r in p.rows}):
+                runs = [r for r in p.rows if r["budget"] == budget]
+                methods = sorted({r["method"] for r in runs})
+                seed_sets = {m: _seed_ranges([r["seed"] for r in runs if r["method"] == m])
+                             for m in methods}
+                seeds = "; ".join(sorted(set(seed_sets.values())))
+                out.append(f"<tr><td class='l'>{_e(p.spec)}</td><td>{budget}</td>"
+                           f"<td>{len(methods)}</td><td>{len(runs)}</td><td class='l'>"
+                           f"{_e(seeds)}</td><td class='l'>"
+                           f"{_e(', '.join(method_label(m) for m in methods))}</td></tr>")
+                for method in methods:
+                    for part in seed_sets[method].split(", "):
+                        lo, _, hi = part.partition("-")
+                        count = int(hi or lo) - int(lo) + 1
+                        commands.append(f"synaprune bench --problem '{p.spec}' --method "
+                                        f"'{method}' --seed-start {lo} --seeds {count} "
+                                        f"--steps {budget} --db {table.db}")
         out.append("</table>")
-        out.append('<p class="meta">The commands that train these runs (full method specs, so '
-                   "that no tuned default can change them; the store skips runs it has):</p>")
-        out.append("<pre>" + _e("\n".join(commands)) + "</pre>")
+        # <details> needs no script: the long commands stay folded until asked for
+        out.append(f"<details><summary>The {len(commands)} commands that train these runs "
+                   "(full method specs, so that no tuned default can change them; the store "
+                   "skips the runs it has)</summary>")
+        out.append("<pre>" + _e("\n".join(commands)) + "</pre></details>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -494,7 +502,10 @@ def write_report(db: str | Path, out: str | Path, *, problems: Sequence[str] | N
             f" --experiments {exp_dir}" if exp_dir is not None else "")
 
     found = []
-    for i, spec in enumerate(table.problems, start=1):
+    methods = {spec: len({r["method"] for r in table.rows if r["problem"] == spec})
+               for spec in table.problems}
+    order = sorted(table.problems, key=lambda spec: (-methods[spec], spec))  # richest first
+    for i, spec in enumerate(order, start=1):
         p = _Problem(spec=spec, anchor=f"problem-{i}",
                      rows=[r for r in table.rows if r["problem"] == spec])
         try:
