@@ -122,7 +122,8 @@ def _parallel(commands: list[tuple[list[str], list[str]]], jobs: int) -> int:
                 status = status or proc.returncode
             while shown in done:
                 out, seconds = done[shown]
-                print("\n" + "\n".join(commands[shown][0]) + f"  ({seconds:.0f} s)")
+                head = commands[shown][0]
+                print("\n" + "\n".join([f"{head[0]} ({seconds:.0f} s)", *head[1:]]))
                 print(out, end="", flush=True)
                 shown += 1
             time.sleep(0.2)
