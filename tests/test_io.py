@@ -30,3 +30,19 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_directory_replaces_only_when_complete(tmp_path):
+    from synaprune._io import atomic_directory
+
+    target = tmp_path / "report"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed midway")
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_directory(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # replaced, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary left

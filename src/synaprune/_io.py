@@ -1,14 +1,15 @@
-"""Writing output files atomically, with the permissions the user's umask gives."""
+"""Writing output files and folders atomically, with the permissions the user's umask gives."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_directory", "atomic_output"]
 
 
 @contextlib.contextmanager
@@ -53,3 +54,57 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path``; on success, it replaces ``path``.
+
+    The folder's contents are written in full before any reader can see them under ``path``;
+    a failure (an exception in the block) removes the temporary folder and leaves an existing
+    ``path`` as it was. The replacement is two renames (the old folder aside, the new one in
+    place; POSIX has no atomic exchange of non-empty folders), then the old folder is deleted:
+    between the renames ``path`` is briefly absent, never half-written, and if the second
+    rename fails the old folder is put back. The new folder gets mode ``0o777`` masked by the
+    umask, as ``mkdir`` would give. The caller decides whether ``path`` may be replaced at all.
+
+    Args:
+        path: The folder to write.
+
+    Yields:
+        The temporary folder's path, in the same parent folder (so the renames stay within one
+        file system).
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "report"
+        >>> with atomic_directory(target) as tmp:
+        ...     _ = (tmp / "index.html").write_text("hi")
+        >>> (target / "index.html").read_text()
+        'hi'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.mkdir(0o777)
+        except FileExistsError:
+            continue
+        break
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

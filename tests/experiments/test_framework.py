@@ -162,3 +162,30 @@ def test_output_that_is_a_directory_is_refused_before_any_cell(toy, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "toy.png" in err[0] and "not a file" in err[0]
     assert calls == []  # refused before the long work, not after it
+def test_stored_experiment_reads_without_computing_and_prefers_the_complete_full_version(
+        toy, tmp_path):
+    from synaprune.experiments import stored_experiment
+
+    _, calls = toy
+    assert stored_experiment("toy", tmp_path) is None  # nothing stored: nothing created
+    assert not (tmp_path / "toy.db").exists()
+    run_experiment("toy", tmp_path, quick=True, progress=False)
+    calls.clear()
+    quick = stored_experiment("toy", tmp_path)
+    assert calls == [] and quick.quick and quick.cells == 6
+    assert quick.summary == {"held": None, "verdict": "6 rows"}
+    assert [r["value"] for r in quick.rows] == [a * s / 3 for a in (1, 2) for s in range(3)]
+    run_experiment("toy", tmp_path, quick=False, progress=False)
+    full = stored_experiment("toy", tmp_path)
+    assert not full.quick and full.summary == {"held": None, "verdict": "8 rows"}
+
+
+def test_stored_experiment_says_an_incomplete_store_is_incomplete(toy, tmp_path, monkeypatch):
+    from synaprune.experiments import stored_experiment
+
+    module, calls = toy
+    monkeypatch.setattr(module, "run_cell", _toy(calls, fail_after=4).run_cell)
+    with pytest.raises(RuntimeError):
+        run_experiment("toy", tmp_path, quick=True, progress=False)
+    partial = stored_experiment("toy", tmp_path)
+    assert partial.summary is None and len(partial.rows) == 4 and partial.cells == 6

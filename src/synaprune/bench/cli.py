@@ -27,7 +27,8 @@ from synaprune.bench.sweep import sweep
 from synaprune.errors import UsageError
 from synaprune.problems import Problem, get_problem, list_problems
 
-__all__ = ["add_bench_parser", "add_results_parser", "cmd_bench", "cmd_results"]
+__all__ = ["add_bench_parser", "add_results_parser", "cmd_bench", "cmd_results",
+           "problem_filters"]
 
 
 def _problems(specs: list[str]) -> list[Problem]:
@@ -38,6 +39,25 @@ def _problems(specs: list[str]) -> list[Problem]:
         except (ValueError, KeyError) as exc:
             raise UsageError(str(exc).strip("'\"")) from None
     return problems
+
+
+def problem_filters(specs: list[str]) -> list[str]:
+    """``--problem`` filters of the commands that read a database, as
+    :meth:`ResultStore.rows` takes them: a full spec canonicalised, a bare name normalised.
+
+    Raises:
+        UsageError: For an unknown problem name or a bad spec.
+    """
+    filters: list[str] = []
+    for spec in specs:
+        if ":" in spec:
+            filters.append(_problems([spec])[0].spec)
+        elif normalize_name(spec) in list_problems():
+            filters.append(normalize_name(spec))
+        else:
+            raise UsageError(f"Unknown problem '{spec}'; choose from: "
+                             f"{', '.join(list_problems())}")
+    return filters
 
 
 def _open_store(path: str, readonly: bool) -> ResultStore:
@@ -179,15 +199,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"unknown format '{args.format}'; choose from: "
                          f"{', '.join(FORMATS)}") from None
-    filters: list[str] = []
-    for spec in args.problem or []:
-        if ":" in spec:
-            filters.append(_problems([spec])[0].spec)
-        elif normalize_name(spec) in list_problems():
-            filters.append(normalize_name(spec))
-        else:
-            raise UsageError(f"Unknown problem '{spec}'; choose from: "
-                             f"{', '.join(list_problems())}")
+    filters = problem_filters(args.problem or [])
     try:
         match = method_matcher(args.method or [])
     except ValueError as exc:

@@ -51,6 +51,7 @@ from synaprune.errors import UsageError
 
 if TYPE_CHECKING:
     from synaprune.bench.store import StoredRun
+    from synaprune.diagnose._report import Diagnosis
     from synaprune.problems import Problem
 
 
@@ -468,9 +469,49 @@ def _run_header(stored: StoredRun, db: str) -> str:
             "recorded)")
 
 
-def _run_stored(args: argparse.Namespace) -> int:
+def diagnose_run(db: str, run: str | int, *, k: int = 5, seed: int = 0,
+                 lanczos_maxiter: int | None = None,
+                 progress: bool | None = None) -> tuple[StoredRun, Diagnosis]:
+    """Diagnose the final parameters of run ``run`` of results database ``db``.
+
+    What ``synaprune diagnose --db DB --run ID`` prints, and the report's diagnoses of stuck
+    runs: the model of :func:`load_run` on the problem's training data with the problem's own
+    loss, the stored curve as the history (:func:`run_history`), the run's method and problem
+    for the remedies; a note when the loss at the stored parameters differs from the recorded
+    final loss.
+
+    Args:
+        db: Path of a results database written by ``synaprune bench``.
+        run: The run's id.
+        k: Hessian eigenvalues from each end (Lanczos).
+        seed: Seed of Lanczos' start vector.
+        lanczos_maxiter: Cap on Lanczos' Hessian-vector products (None: its default).
+        progress: Progress bar (None: on a terminal once the diagnosis takes 2 s).
+
+    Returns:
+        ``(stored run, diagnosis)``.
+
+    Raises:
+        UsageError: As :func:`load_run`.
+    """
     from synaprune.diagnose._diagnose import diagnose
 
+    stored, problem, model = load_run(db, run)
+    x, y = problem.data("train")  # type: ignore[misc]
+    history, missing = run_history(db, stored, problem)
+    diag = diagnose(model, problem.loss_fn, (x, y), k=k, seed=seed, history=history,
+                    method=stored.method, problem=problem.name, lanczos_maxiter=lanczos_maxiter,
+                    progress=progress)
+    diag.notes.extend(missing)
+    recorded = stored.final_loss
+    if abs(diag.loss - recorded) > 1e-8 * max(abs(recorded), 1e-12):
+        diag.notes.append(f"the loss at the stored parameters ({diag.loss:.10g}) differs from "
+                          f"the run's recorded final loss ({recorded:.10g}): the problem's "
+                          "definition may have changed since the run")
+    return stored, diag
+
+
+def _run_stored(args: argparse.Namespace) -> int:
     if args.db is None:
         raise _usage("--run needs --db, the results database that holds the run")
     if args.run is None:
@@ -482,18 +523,8 @@ def _run_stored(args: argparse.Namespace) -> int:
     for name in ("method", "problem"):
         if getattr(args, name) is not None:
             raise _usage(f"--{name} does not apply to --db/--run: a stored run has its own")
-    stored, problem, model = load_run(args.db, args.run)
-    x, y = problem.data("train")  # type: ignore[misc]
-    history, missing = run_history(args.db, stored, problem)
-    diag = diagnose(model, problem.loss_fn, (x, y), k=args.k, seed=args.seed, history=history,
-                    method=stored.method, problem=problem.name,
-                    progress=False if args.quiet else None)
-    diag.notes.extend(missing)
-    recorded = stored.final_loss
-    if abs(diag.loss - recorded) > 1e-8 * max(abs(recorded), 1e-12):
-        diag.notes.append(f"the loss at the stored parameters ({diag.loss:.10g}) differs from "
-                          f"the run's recorded final loss ({recorded:.10g}): the problem's "
-                          "definition may have changed since the run")
+    stored, diag = diagnose_run(args.db, args.run, k=args.k, seed=args.seed,
+                                progress=False if args.quiet else None)
     if args.format == "json":
         run_info = {"id": stored.id, "db": args.db, "problem": stored.problem,
                     "method": stored.method, "seed": stored.seed, "budget": stored.budget,

@@ -28,9 +28,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ._framework import ExperimentResult, run_experiment
+from ._framework import ExperimentResult, StoredExperiment, run_experiment, stored_experiment
 
-__all__ = ["EXPERIMENTS", "ExperimentResult", "run_experiment"]
+__all__ = ["EXPERIMENTS", "ExperimentResult", "StoredExperiment", "run_experiment",
+           "stored_experiment"]
 
 # Modules written by different people; one not present yet (not merged) is skipped.
 _MODULES = ("random_neurons", "depth", "width_spread", "step_size", "gradient_growth",

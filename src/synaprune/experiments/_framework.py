@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ExperimentResult", "run_experiment"]
+__all__ = ["ExperimentResult", "StoredExperiment", "run_experiment", "stored_experiment"]
 
 _PLAIN = (str, int, float, bool)
 
@@ -83,7 +83,10 @@ def _check_result(name: str, cell: dict[str, Any], result: object) -> dict[str, 
 class _Store:
     """Cell results of one experiment in SQLite; each insert is its own transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        if readonly:  # a reader (the report) neither creates nor changes the file
+            self.conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+            return
         self.conn = sqlite3.connect(path)
         with self.conn:
             self.conn.execute(
@@ -154,6 +157,80 @@ def _write_outputs(module: ModuleType, rows: list[dict[str, Any]], csv_path: Pat
                 tmp.unlink()
 
 
+def _stored_rows(store: _Store, cells: list[dict[str, Any]],
+                 keys: list[str]) -> list[dict[str, Any]]:
+    """``{**cell, **result}`` of the cells stored, in the order of ``cells``."""
+    rows = []
+    for cell, key in zip(cells, keys, strict=True):
+        stored = store.get(key)
+        if stored is not None:
+            rows.append({**cell, **stored})
+    return rows
+
+
+@dataclass(frozen=True)
+class StoredExperiment:
+    """What an experiments folder holds of one experiment (:func:`stored_experiment`).
+
+    Attributes:
+        name: The experiment's name.
+        quick: Whether the rows are of the quick version (the full one is preferred when both
+            are complete).
+        rows: ``{**cell, **result}`` of the stored cells, in the order of ``cells(quick)``.
+        cells: How many cells that version has.
+        summary: The module's ``summarize(rows)`` when every cell is stored, else None.
+    """
+
+    name: str
+    quick: bool
+    rows: list[dict[str, Any]]
+    cells: int
+    summary: dict[str, Any] | None
+
+
+def stored_experiment(name: str, out_dir: str | os.PathLike) -> StoredExperiment | None:
+    """Read what ``run_experiment(name, out_dir, ...)`` stored, computing nothing.
+
+    The full version if all its cells are stored, else the quick one if all of its are, else
+    whichever has more cells stored (incomplete: ``summary`` None).
+
+    Args:
+        name: A key of :data:`synaprune.experiments.EXPERIMENTS`.
+        out_dir: The experiments' output folder.
+
+    Returns:
+        The stored results, or None when ``out_dir`` holds no store of this experiment.
+
+    Raises:
+        ValueError: Unknown experiment name, or a store that cannot be read.
+    """
+    experiments = _registry()
+    if name not in experiments:
+        raise ValueError(f"unknown experiment '{name}'; choose from: "
+                         f"{', '.join(sorted(experiments))}")
+    module = experiments[name]
+    path = Path(out_dir) / f"{name}.db"
+    if not path.is_file():
+        return None
+    version = str(getattr(module, "VERSION", "1"))
+    found = []
+    try:
+        store = _Store(path, readonly=True)
+        try:
+            for quick in (False, True):
+                cells = [_check_cell(name, c) for c in module.cells(quick)]
+                keys = [_Store.key(c, version, "quick" if quick else "full") for c in cells]
+                found.append((quick, _stored_rows(store, cells, keys), len(cells)))
+        finally:
+            store.close()
+    except sqlite3.Error as exc:
+        raise ValueError(f"cannot read the result store '{path}': {exc}") from None
+    complete = [f for f in found if len(f[1]) == f[2]]
+    quick, rows, count = complete[0] if complete else max(found, key=lambda f: len(f[1]))
+    return StoredExperiment(name=name, quick=quick, rows=rows, cells=count,
+                            summary=module.summarize(rows) if complete else None)
+
+
 def run_experiment(name: str, out_dir: str | os.PathLike = "out/experiments", *,
                    quick: bool = False, progress: bool | None = None) -> ExperimentResult:
     """Run (or resume) an experiment and write its CSV and figure.
@@ -216,11 +293,8 @@ def run_experiment(name: str, out_dir: str | os.PathLike = "out/experiments", *,
                 bar.update(1)
         # Rows always come back from the store, so a resumed run and a fresh one write the
         # same bytes (JSON round-trips floats exactly).
-        rows = []
-        for cell, key in zip(cells, keys, strict=True):
-            stored = store.get(key)
-            assert stored is not None
-            rows.append({**cell, **stored})
+        rows = _stored_rows(store, cells, keys)
+        assert len(rows) == len(cells)
     finally:
         store.close()
     summary = module.summarize(rows)

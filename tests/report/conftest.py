@@ -1,0 +1,34 @@
+"""A real results database for the report's tests (built once per session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from report_cases import TS, XOR
+
+from synaprune.bench import get_method
+from synaprune.bench.store import ResultStore
+from synaprune.bench.sweep import sweep
+from synaprune.problems import get_problem
+
+
+@pytest.fixture(scope="session")
+def lab_db(tmp_path_factory) -> Path:
+    """A real results database: xor (gd gets stuck on some seeds; synaprune-b) and an exact
+    teacher-student problem, which cannot be diagnosed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("lab") / "results.db"
+    try:
+        with ResultStore(path) as store:
+            xor = get_problem(XOR)
+            for spec in ("gd:lr=2", "synaprune-b"):
+                sweep(xor, get_method(spec, problem="xor"), range(8), 300, store)
+            ts = get_problem(TS)
+            sweep(ts, get_method("gd:lr=0.5"), range(6), 150, store)
+    finally:
+        torch.set_num_threads(threads)
+    return path
