@@ -94,6 +94,12 @@ class RunResult:
         final_grad_norm: Norm of the full-batch (or exact) training-loss gradient at the
             final parameters, without any penalty; None when diverged. With ``final_loss``
             it tells a spurious minimum (gradient vanished) from a run still moving.
+        kind: How the run ended (:data:`synaprune.bench.kinds.KINDS`); None when not
+            classified.
+        min_eig: Smallest Hessian eigenvalue at the final parameters; None if not computed.
+        saddle_index: Negative Hessian eigenvalues found; None if not computed.
+        cost: Cost of the run in gradient-equivalents (one full-batch gradient = 1); None
+            when not counted.
     """
 
     seed: int
@@ -107,6 +113,10 @@ class RunResult:
     curve: list[list[float | None]] = field(repr=False)
     params: dict[str, Tensor] = field(repr=False)
     final_grad_norm: float | None = None
+    kind: str | None = None
+    min_eig: float | None = None
+    saddle_index: int | None = None
+    cost: float | None = None
 
 
 class MinibatchSampler:
