@@ -14,9 +14,9 @@ those two files, the database is opened ``immutable`` (no locks, no shared memor
 only done when no ``-wal`` or ``-journal`` file with content lies beside it, since such a file
 may hold committed rows that an immutable reader would silently miss.
 
-Schema changes: ``final_grad_norm``, then ``kind``, ``min_eig``, ``saddle_index`` and ``cost``
-were added after the first databases were written (:data:`_ADDED_COLUMNS`). Opening an older
-database for writing adds them (``ALTER TABLE``, NULL for the old rows); opening it read-only
+Schema changes: ``final_grad_norm``, then ``kind``, ``min_eig``, ``saddle_index``, ``cost`` and
+``stop_rule`` were added after the first databases were written (:data:`_ADDED_COLUMNS`).
+Opening an older database for writing adds them (``ALTER TABLE``, NULL for the old rows); opening it read-only
 leaves the file alone and reads them as NULL. NULL means "not recorded", never a value: readers
 say so (``results`` shows ``not recorded``) instead of counting such a run as any kind.
 """
@@ -66,9 +66,10 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     final_grad_norm REAL,             -- ||grad L|| at the final parameters; NULL when unknown
     kind TEXT,                        -- how the run ended (KINDS); NULL when not recorded
-    min_eig REAL,                     -- smallest Hessian eigenvalue at the end; NULL if not computed
+    min_eig REAL,                     -- smallest Hessian eigenvalue at the end; NULL: not computed
     saddle_index INTEGER,             -- negative Hessian eigenvalues found; NULL if not computed
     cost REAL,                        -- cost in gradient-equivalents; NULL when not recorded
+    stop_rule TEXT,                   -- stopping rule and gradient tolerance; NULL: the default
     UNIQUE (problem, method, seed, budget)
 )
 """
@@ -77,11 +78,12 @@ RESULT_COLUMNS = (
     "problem", "problem_name", "problem_params", "method", "method_name", "method_options",
     "seed", "budget", "final_loss", "best_loss", "steps", "steps_to_success", "wall_time",
     "status", "success", "curve", "final_grad_norm", "kind", "min_eig", "saddle_index", "cost",
+    "stop_rule",
 )
 
 # Columns added after the first databases were written: name -> SQL type (NULL for old rows).
 _ADDED_COLUMNS = {"final_grad_norm": "REAL", "kind": "TEXT", "min_eig": "REAL",
-                  "saddle_index": "INTEGER", "cost": "REAL"}
+                  "saddle_index": "INTEGER", "cost": "REAL", "stop_rule": "TEXT"}
 
 
 def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
@@ -269,8 +271,18 @@ class ResultStore:
         )
         return {int(r[0]) for r in rows}
 
+    def stop_rules(self, problem: Problem, method: Method, budget: int) -> set[str | None]:
+        """The stopping rules (:func:`synaprune.bench.sweep.stop_rule`) of the stored runs of
+        this (problem, method, budget); None is the default rule (run to the budget, the
+        default gradient tolerance) and every run written before the column existed."""
+        rows = self.conn.execute(
+            f"SELECT DISTINCT {self._select(['stop_rule'])} FROM runs "
+            "WHERE problem = ? AND method = ? AND budget = ?",
+            (problem.spec, method.spec, budget))
+        return {r[0] for r in rows}
+
     def write(self, problem: Problem, method: Method, budget: int,
-              results: Iterable[RunResult]) -> int:
+              results: Iterable[RunResult], stop_rule: str | None = None) -> int:
         """Write the runs of one batch in a single transaction; already stored runs are kept.
 
         Args:
@@ -278,6 +290,7 @@ class ResultStore:
             method: The method.
             budget: Step budget of the runs.
             results: The batch's results.
+            stop_rule: The runs' stopping rule (None: the default).
 
         Returns:
             Number of rows inserted.
@@ -290,7 +303,7 @@ class ResultStore:
              method_options, r.seed, budget, _real(r.final_loss), _real(r.best_loss), r.steps,
              r.steps_to_success, r.wall_time, r.status, int(r.success),
              json.dumps(r.curve), _params_to_bytes(r.params), now, _real(r.final_grad_norm),
-             r.kind, _real(r.min_eig), r.saddle_index, _real(r.cost))
+             r.kind, _real(r.min_eig), r.saddle_index, _real(r.cost), stop_rule)
             for r in results
         ]
         with self.conn:
@@ -298,8 +311,8 @@ class ResultStore:
                 "INSERT OR IGNORE INTO runs (problem, problem_name, problem_params, method, "
                 "method_name, method_options, seed, budget, final_loss, best_loss, steps, "
                 "steps_to_success, wall_time, status, success, curve, params, created, "
-                "final_grad_norm, kind, min_eig, saddle_index, cost) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "final_grad_norm, kind, min_eig, saddle_index, cost, stop_rule) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return cursor.rowcount
