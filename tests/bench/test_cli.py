@@ -150,7 +150,9 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
     for r in listed:
         row = stored[r["id"]]
         assert list(r) == ["id", "problem", "method", "seed", "budget", "status", "steps",
-                           "final_loss", "final_grad_norm"]
+                           "final_loss", "final_grad_norm", "kind", "min_eig", "saddle_index",
+                           "cost"]
+        assert r["kind"] == row["kind"] and r["cost"] == row["cost"] == r["steps"]  # gd
         assert (r["problem"], r["method"], r["seed"], r["status"], r["final_loss"]) == (
             row["problem"], row["method"], row["seed"], row["status"], row["final_loss"])
         assert r["final_grad_norm"] == row["final_grad_norm"]
@@ -164,7 +166,8 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
           "adam:lr=0.05"])
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["id", "seed", "status", "steps", "final", "loss", "final",
-                                "grad", "norm", "problem", "method"]
+                                "grad", "norm", "kind", "min", "eig", "cost", "problem",
+                                "method"]
     assert len(table) == 2 + 6 and all(line.endswith(" adam lr=0.05") for line in table[2:])
 
     _run(["results", "--db", db, "--runs", "--problem", "xor"])

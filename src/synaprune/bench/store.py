@@ -17,8 +17,9 @@ may hold committed rows that an immutable reader would silently miss.
 Schema changes: ``final_grad_norm``, then ``kind``, ``min_eig``, ``saddle_index``, ``cost`` and
 ``stop_rule`` were added after the first databases were written (:data:`_ADDED_COLUMNS`).
 Opening an older database for writing adds them (``ALTER TABLE``, NULL for the old rows);
-opening it read-only leaves the file alone and reads them as NULL. NULL means "not recorded", never a value: readers
-say so (``results`` shows ``not recorded``) instead of counting such a run as any kind.
+opening it read-only leaves the file alone and reads them as NULL. NULL means "not recorded",
+never a value: readers say so (``results`` shows ``not recorded``) instead of counting such a
+run as any kind.
 """
 
 from __future__ import annotations

@@ -201,15 +201,35 @@ def summarize(rows: Iterable[dict[str, Any]], *, at_cost: float | None = None
     return out
 
 
-def _kinds_cell(s: Summary) -> str:
-    """``spurious minimum 5, still moving 2, ...``: the failures by kind, "-" when none."""
-    parts = [f"{KIND_LABELS[k]} {getattr(s, f'kind_{k}')}" for k in KINDS[1:]
-             if getattr(s, f"kind_{k}")]
-    if s.kind_unfinished:
-        parts.append(f"unfinished at cost {s.at_cost:g} {s.kind_unfinished}")
-    if s.kind_not_recorded:
-        parts.append(f"not recorded {s.kind_not_recorded}")
-    return ", ".join(parts) or "-"
+def _aligned(lines: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as text: the first column left-aligned, the others right-aligned, a rule
+    under the header (the first row)."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = []
+    for j, line in enumerate(lines):
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
+        text.append("  ".join(cells).rstrip())
+        if j == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return text
+
+
+def _kinds_table(group: Sequence[Summary]) -> list[str]:
+    """How the runs ended, a row per method: counts of each kind, then the runs stored
+    without a kind ("not recorded") and, at a cost, those unfinished by then; and the median
+    cost per run in gradient-equivalents."""
+    fields = [f for f in KIND_FIELDS
+              if f not in ("kind_not_recorded", "kind_unfinished")
+              or any(getattr(s, f) for s in group)]
+    names = {f"kind_{k}": KIND_LABELS[k] for k in KINDS}
+    names.update(kind_not_recorded="not recorded", kind_unfinished="unfinished at cost")
+    lines = [["how runs ended", "steps", *(names[f] for f in fields), "median cost"]]
+    for s in group:
+        lines.append([method_label(s.method), str(s.budget),
+                      *(str(getattr(s, f)) for f in fields),
+                      "not recorded" if s.median_cost is None else f"{s.median_cost:.4g}"])
+    return _aligned(lines)
 
 
 def _table(summaries: Sequence[Summary]) -> str:
@@ -217,8 +237,7 @@ def _table(summaries: Sequence[Summary]) -> str:
     problems = sorted({s.problem for s in summaries})
     for problem in problems:
         header = ["method", "steps", "runs", "success", "95% CI", "diverged",
-                  "median final loss", "median steps to success", "median cost", "time/run",
-                  "failures by kind"]
+                  "median final loss", "median steps to success", "time/run"]
         lines = [header]
         for s in (s for s in summaries if s.problem == problem):
             lines.append([
@@ -227,10 +246,8 @@ def _table(summaries: Sequence[Summary]) -> str:
                 f"[{100 * s.ci_low:.1f}%, {100 * s.ci_high:.1f}%]",
                 str(s.diverged), f"{s.median_final_loss:.4g}",
                 "-" if s.median_steps_to_success is None else f"{s.median_steps_to_success:g}",
-                "not recorded" if s.median_cost is None else f"{s.median_cost:.4g}",
-                f"{s.time_per_run:.3g} s", _kinds_cell(s),
+                f"{s.time_per_run:.3g} s",
             ])
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = [f"problem: {problem}"]
         group = [s for s in summaries if s.problem == problem]
         at = {s.at_cost for s in group} - {None}
@@ -241,12 +258,9 @@ def _table(summaries: Sequence[Summary]) -> str:
         rules = {s.stop_rule for s in group} - {None}
         if rules:
             text.append("stopping rule: " + "; ".join(sorted(str(r) for r in rules)))
-        for j, line in enumerate(lines):
-            cells = [cell.ljust(w) if i in (0, len(header) - 1) else cell.rjust(w)
-                     for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
-            text.append("  ".join(cells).rstrip())
-            if j == 0:
-                text.append("  ".join("-" * w for w in widths))
+        text.extend(_aligned(lines))
+        text.append("")
+        text.extend(_kinds_table(group))
         blocks.append("\n".join(text))
     return "\n\n".join(blocks) if blocks else "no runs"
 
