@@ -109,6 +109,11 @@ class RunResult:
         saddle_index: Negative Hessian eigenvalues found; None if not computed.
         cost: Cost of the run in gradient-equivalents (one full-batch gradient = 1); None
             when not counted.
+        tail_start: Training loss at step ``budget // 2`` (None if the run stopped before).
+        tail_rise: Sum over the steps t > ``budget // 2`` of max(0, L_t - L_{t-1}): how much
+            the loss went up in the second half of the budget, at every step (not the
+            downsampled curve); with ``tail_start`` it tells an unstable run
+            (:func:`synaprune.bench.kinds.is_unstable`). Not stored.
     """
 
     seed: int
@@ -126,6 +131,8 @@ class RunResult:
     min_eig: float | None = None
     saddle_index: int | None = None
     cost: float | None = None
+    tail_start: float | None = None
+    tail_rise: float = 0.0
 
 
 class MinibatchSampler:
@@ -261,6 +268,8 @@ def run_single(
     check_compatible(problem, method)
     start = time.perf_counter()
     cost, base_cost = 0.0, step_cost(method, problem)
+    tail_start: float | None = None
+    tail_rise, previous = 0.0, math.nan
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
@@ -290,6 +299,11 @@ def run_single(
                     loss = problem.loss(model)
         loss_value = loss.item()
         best = min(best, loss_value) if math.isfinite(loss_value) else best
+        if t == steps // 2:
+            tail_start = _finite_or_none(loss_value)
+        elif t > steps // 2 and math.isfinite(loss_value):
+            tail_rise += max(loss_value - previous, 0.0)
+        previous = loss_value
         point: list[float | None] = [t, _finite_or_none(loss_value), None]
         if not math.isfinite(loss_value):
             status = "diverged"
@@ -357,7 +371,8 @@ def run_single(
         best_loss=best, steps=t, steps_to_success=t if status == "ok" else None,
         wall_time=time.perf_counter() - start, curve=curve,
         params={k: v.detach().clone() for k, v in model.named_parameters()},
-        final_grad_norm=final_grad_norm, cost=cost,
+        final_grad_norm=final_grad_norm, cost=cost, tail_start=tail_start,
+        tail_rise=tail_rise,
     )
     if classify:
         classify_results(problem, [result], grad_tol)
@@ -506,6 +521,10 @@ def run_seeds(
     best = torch.full((n,), math.inf, dtype=torch.float64)
     cost = torch.zeros(n, dtype=torch.float64)
     base_cost = step_cost(method, problem)
+    half = steps // 2
+    tail_start = torch.full((n,), math.nan, dtype=torch.float64)
+    tail_rise = torch.zeros(n, dtype=torch.float64)
+    previous = torch.zeros(n, dtype=torch.float64)
     frozen = {k: torch.zeros_like(v) for k, v in params.items()}
 
     def finish(stop: Tensor, t: int, full_list: list[float]) -> None:
@@ -525,6 +544,8 @@ def run_seeds(
                 steps_to_success=t if status == "ok" else None, wall_time=0.0,
                 curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
                 final_grad_norm=final_norm, cost=float(cost[i]),
+                tail_start=None if t < half else _finite_or_none(float(tail_start[i])),
+                tail_rise=float(tail_rise[i]),
             )
         with torch.no_grad():
             for k, v in params.items():
@@ -540,6 +561,11 @@ def run_seeds(
             full = losses.detach()
         best = torch.fmin(best, torch.where(torch.isfinite(full), full, math.inf))
         finite = torch.isfinite(full)
+        if t == half:
+            tail_start = full.clone()
+        elif t > half:
+            tail_rise += torch.where(active & finite, (full - previous).clamp(min=0.0), 0.0)
+        previous = full
         solved = finite & (full <= problem.global_loss + problem.tolerance)
         stop = active & (~finite | solved | (t == steps))
         idx_active = active.nonzero().flatten().tolist()
