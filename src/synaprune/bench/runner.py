@@ -662,7 +662,9 @@ def run_seeds(
             opt.step(closure)
         else:
             opt.step()
-        cost += torch.where(active, base_cost + _hvps_cost(opt), 0.0)
+        # float64 throughout: torch.where of Python scalars would make float32
+        cost += torch.where(active, torch.as_tensor(base_cost + _hvps_cost(opt),
+                                                    dtype=torch.float64), 0.0)
         if not bool(active.all()):
             with torch.no_grad():
                 for k, v in params.items():
