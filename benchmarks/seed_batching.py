@@ -46,12 +46,13 @@ def main() -> None:
     run_single(problem, method, 0, 5)
 
     start = time.perf_counter()
-    loop = [run_single(problem, method, s, args.steps) for s in range(args.loop_seeds)]
+    loop = [run_single(problem, method, s, args.steps, classify=False)
+            for s in range(args.loop_seeds)]
     loop_time = time.perf_counter() - start
     loop_steps = sum(r.steps for r in loop)
 
     start = time.perf_counter()
-    batched = run_seeds(problem, method, list(range(args.seeds)), args.steps)
+    batched = run_seeds(problem, method, list(range(args.seeds)), args.steps, classify=False)
     batch_time = time.perf_counter() - start
     batch_steps = sum(r.steps for r in batched)
 
