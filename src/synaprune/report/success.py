@@ -55,7 +55,7 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
                       key=lambda s: (-s.success_rate, s.median_final_loss)) for p in problems}
     height = max(len(r) for r in rows.values())
     fig, axes = plt.subplots(len(problems), 1, squeeze=False,
-                             figsize=(9, 0.8 + len(problems) * (0.8 + 0.28 * height)))
+                             figsize=(9, 1.1 + len(problems) * (0.8 + 0.28 * height)))
     for ax, problem in zip(axes[:, 0], problems, strict=True):
         group = rows[problem][::-1]  # best at the top
         y = list(range(len(group)))
@@ -85,17 +85,21 @@ def plot_success_rates(summaries: Sequence[Summary], path: str | Path, *,
                            "Wilson interval)")
     handles: list = []
     names: list[str] = []
-    for ax in axes[:, 0]:  # one legend, on the first panel, for the kinds of every panel
+    for ax in axes[:, 0]:  # one legend, under the panels, for the kinds of every panel
         for h, name in zip(*ax.get_legend_handles_labels(), strict=True):
             if name not in names:
                 handles.append(h)
                 names.append(name)
     if handles:
-        axes[0, 0].legend(handles, names, fontsize=7, loc="lower right", ncol=4)
+        fig.legend(handles, names, fontsize=7, loc="lower center", ncol=len(handles),
+                   frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    # leave the top 0.4 inch for the title, above the first panel's own
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
+    # leave the top 0.4 inch for the title, above the first panel's own, and the bottom 0.3
+    # inch for the legend
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.3 / height if handles else 0, 1,
+                           1 - 0.4 / height if title else 1))
     path = Path(path)
     try:
         with atomic_output(path) as tmp:
