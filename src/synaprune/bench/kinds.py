@@ -176,6 +176,10 @@ def hessian_extremes(problem: Problem, params: Mapping[str, Tensor], *, seed: in
     Returns:
         ``(smallest ascending, largest, num_negative, hvps)``: num_negative counts the
         eigenvalues below ``-NEG_EIG_TOL * max|eig|`` among the smallest found.
+
+    Warns:
+        ConvergenceWarning: When Lanczos stopped before its tolerance (the values are then
+            approximate), naming the problem and seed.
     """
     model = problem.build_model(seed)
     base = copy.deepcopy(model).to("meta")
@@ -216,8 +220,13 @@ def hessian_extremes(problem: Problem, params: Mapping[str, Tensor], *, seed: in
     k = min(_K_START, n // 2)
     while True:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)  # said below, with the run
             res = lanczos(_Op(), k, which="both", generator=torch.Generator().manual_seed(seed))
+        if not res.converged:
+            warnings.warn(f"{problem.spec}, seed {seed}: Lanczos stopped after "
+                          f"{res.num_products} products before meeting its tolerance; the "
+                          "run's min_eig and saddle_index are approximate",
+                          ConvergenceWarning, stacklevel=2)
         eig = res.eigenvalues.tolist()
         smallest, largest = eig[:k], eig[-1]
         cut = -NEG_EIG_TOL * max(abs(smallest[0]), abs(largest))
