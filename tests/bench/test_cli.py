@@ -352,7 +352,7 @@ def test_bench_until_converged_stores_its_rule_and_refuses_to_mix_rules(tmp_path
         rows = store.rows()
     assert {r["stop_rule"] for r in rows} == {"until-converged,grad_tol=0.001"}
     assert all(r["kind"] in ("global", "spurious", "saddle", "moving") for r in rows)
-    with pytest.raises(UsageError, match="stopping rule until-converged,grad_tol=0.001"):
+    with pytest.raises(UsageError, match=r"stopping rule until-converged,grad_tol=0\.001"):
         _run([*small, "--seeds", "4"])
     with ResultStore(db) as store:
         assert store.count() == 3  # nothing trained or written by the refused call
@@ -364,9 +364,9 @@ def test_results_at_cost_and_old_rows_read_as_not_recorded(tmp_path: Path, capsy
     db = str(tmp_path / "r.db")
     _run([*BENCH, "--db", db])
     capsys.readouterr()
-    with ResultStore(db) as store:  # as if written before kinds and costs were stored
-        with store.conn:
-            store.conn.execute("UPDATE runs SET kind = NULL, cost = NULL WHERE seed < 2")
+    # as if written before kinds and costs were stored
+    with ResultStore(db) as store, store.conn:
+        store.conn.execute("UPDATE runs SET kind = NULL, cost = NULL WHERE seed < 2")
     assert _run(["results", "--db", db, "--format", "json"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert all(r["kind_not_recorded"] == 2 and r["cost_not_recorded"] == 2 for r in records)
@@ -377,8 +377,7 @@ def test_results_at_cost_and_old_rows_read_as_not_recorded(tmp_path: Path, capsy
     assert all(r["runs"] == 4 and r["at_cost"] == 50.0 for r in at)
     with pytest.raises(UsageError, match="--at-cost must be a positive number"):
         _run(["results", "--db", db, "--at-cost", "nan"])
-    with ResultStore(db) as store:
-        with store.conn:
-            store.conn.execute("UPDATE runs SET cost = NULL")
+    with ResultStore(db) as store, store.conn:
+        store.conn.execute("UPDATE runs SET cost = NULL")
     with pytest.raises(UsageError, match="none of the matching runs recorded its cost"):
         _run(["results", "--db", db, "--at-cost", "50"])

@@ -220,3 +220,23 @@ def test_classify_without_a_gradient_norm_is_not_called_small() -> None:
     out = classify(problem, status="budget", final_loss=_f0(W_SPURIOUS), final_grad_norm=None,
                    params={"w": torch.tensor([W_SPURIOUS, 0.0], dtype=torch.float64)})
     assert out.kind == "moving" and out.min_eig is None
+
+
+def test_lanczos_that_did_not_converge_is_said_with_the_run(monkeypatch) -> None:
+    """The eigenvalues of a Lanczos call that stopped early are approximate: a warning naming
+    the problem and seed, never silence."""
+    import dataclasses
+
+    import synaprune.bench.kinds as kinds
+    from synaprune.curvature import ConvergenceWarning
+
+    real = kinds.lanczos
+
+    def unconverged(*args, **kwargs):
+        return dataclasses.replace(real(*args, **kwargs), converged=False)
+
+    monkeypatch.setattr(kinds, "lanczos", unconverged)
+    problem = well_problem((W_SADDLE, 0.0))
+    with pytest.warns(ConvergenceWarning, match="seed 5: Lanczos stopped"):
+        hessian_extremes(problem, {"w": torch.tensor([W_SADDLE, 0.0], dtype=torch.float64)},
+                         seed=5)
