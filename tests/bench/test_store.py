@@ -282,8 +282,11 @@ def test_outcome_columns_round_trip_and_null_is_not_recorded(tmp_path: Path) -> 
     """kind, min_eig, saddle_index and cost are stored as given; None stays NULL (not 0)."""
     problem, method, results = _xor_results([0, 1])
     assert set(_OUTCOME_COLUMNS) <= set(RESULT_COLUMNS)
+    assert results[1].kind is not None and results[1].cost == 30.0  # the runner sets them
     results = [dataclasses.replace(results[0], kind="saddle", min_eig=-0.25, saddle_index=2,
-                                   cost=31.5), results[1]]
+                                   cost=31.5),
+               dataclasses.replace(results[1], kind=None, min_eig=None, saddle_index=None,
+                                   cost=None)]
     with ResultStore(tmp_path / "r.db") as store:
         store.write(problem, method, 30, results)
         rows = store.rows()
