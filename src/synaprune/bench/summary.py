@@ -252,9 +252,10 @@ def _table(summaries: Sequence[Summary]) -> str:
         group = [s for s in summaries if s.problem == problem]
         at = {s.at_cost for s in group} - {None}
         if at:
-            text.append(f"success at cost {min(at):g} gradient-equivalents (a run counts if it "
-                        "succeeded within that cost; runs without a recorded cost left out: "
-                        f"{sum(s.cost_not_recorded for s in group)})")
+            text.append(f"success at cost {min(at):g} gradient-equivalents: a run counts if it "
+                        "succeeded within that cost; losses, times and median cost are at the "
+                        "runs' ends; runs without a recorded cost left out: "
+                        f"{sum(s.cost_not_recorded for s in group)}")
         rules = {s.stop_rule for s in group} - {None}
         if rules:
             text.append("stopping rule: " + "; ".join(sorted(str(r) for r in rules)))
