@@ -248,7 +248,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "tuned on each problem (docs/tuning.md), 'plain' the method's own")
     p.add_argument("--until-converged", action="store_true",
                    help="also stop a run once its full-batch gradient norm is small (see "
-                        "--grad-tol), classify it and free its slot; --steps is then the "
+                        "--grad-tol), classify it and stop updating it; --steps is then the "
                         "maximum")
     p.add_argument("--grad-tol", type=float, default=None, metavar="TOL",
                    help="absolute gradient-norm tolerance of --until-converged and of the "
