@@ -381,3 +381,12 @@ def test_results_at_cost_and_old_rows_read_as_not_recorded(tmp_path: Path, capsy
         store.conn.execute("UPDATE runs SET cost = NULL")
     with pytest.raises(UsageError, match="none of the matching runs recorded its cost"):
         _run(["results", "--db", db, "--at-cost", "50"])
+
+
+def test_bench_ray_refuses_a_stopping_rule_it_would_ignore(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    for extra in (["--until-converged"], ["--grad-tol", "1e-8"]):
+        with pytest.raises(UsageError, match="not available with --ray"):
+            _run(["bench", "--problem", "xor", "--method", "gd", "--db", str(db), "--quiet",
+                  "--ray", "auto", *extra])
+    assert not db.exists()

@@ -345,3 +345,26 @@ def test_cancellation_over_accumulated_micro_batches_is_the_whole_batch_s(tmp_pa
     assert 0 < values[0] < 1
     # float64; the two micro-batches' sums run in another order than the whole batch's
     assert values[1] == pytest.approx(values[0], rel=1e-12)
+
+
+def test_two_monitors_each_give_the_one_monitor_cancellation():
+    """Two monitors with their own probes on one model must not count every example twice
+    (both probes wrote grad_sqnorm_sum, and each monitor read a cancellation 1/sqrt(2) too
+    small); the second takes over when the first is closed."""
+    model = mlp([4, 6, 1], nn.Tanh)
+    x, y = regression(n=12)
+    gi = per_example_grads(model, F.mse_loss, x, y)
+    ref = float(gi.mean(0).norm()) / math.sqrt(float(gi.pow(2).sum(1).mean()))
+    first = TrainingMonitor(model, None, cancellation=True)
+    second = TrainingMonitor(model, None, cancellation=True)
+
+    def record(monitors):
+        model.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return [m.record(0, loss)["cancellation"] for m in monitors]
+
+    assert record([first, second]) == pytest.approx([ref, ref], rel=1e-10)
+    first.close()
+    assert record([second]) == pytest.approx([ref], rel=1e-10)
+    second.close()

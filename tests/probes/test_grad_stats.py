@@ -735,7 +735,8 @@ def test_tuple_output_warns_and_leaves_no_statistics():
 
 
 def test_public_names():
-    assert set(probes.__all__) == {"PerExampleGradStats", "per_example_sums", "probes_paused"}
+    assert set(probes.__all__) == {"PerExampleGradStats", "per_example_sums", "probes_paused",
+                                   "remove_probes"}
     for name in probes.__all__:
         assert getattr(probes, name) is not None
 
@@ -871,3 +872,23 @@ def test_doctests():
 
     result = doctest.testmod(grad_stats, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_second_probe_on_the_same_parameters_is_refused():
+    """Two probes on one parameter would both add every example's statistics (grad_batch_size
+    16 for a batch of 8): the second is refused, and the first keeps recording right."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    x = torch.randn(8, 3, dtype=torch.float64)
+    first = PerExampleGradStats(model)
+    with pytest.raises(ValueError, match=r"'0.weight' is already tracked .*remove_probes"):
+        PerExampleGradStats(model)
+    with pytest.raises(ValueError, match="'weight' is already tracked"):
+        PerExampleGradStats(model[2])  # a sub-module shares the parameters
+    model(x).sum().backward()
+    assert [p.grad_batch_size for p in model.parameters()] == [8] * 4
+    first.remove()
+    again = PerExampleGradStats(model)  # allowed once the old one is removed
+    assert probes.remove_probes(model) == 1 and again._removed
+    assert probes.remove_probes(model) == 0
+    PerExampleGradStats(model).remove()

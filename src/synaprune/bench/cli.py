@@ -76,6 +76,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
     if args.grad_tol is not None and not (args.grad_tol > 0 and math.isfinite(args.grad_tol)):
         raise UsageError(f"--grad-tol must be a positive number, got {args.grad_tol}")
+    if getattr(args, "ray", None) and (args.until_converged or args.grad_tol is not None):
+        # the Ray tasks run the default rule; never ignore a rule the user asked for
+        raise UsageError("--until-converged and --grad-tol are not available with --ray yet; "
+                         "run without --ray")
     problems = _problems(args.problem)
     # Options not given on the command line take the values tuned on each problem
     # (docs/tuning.md), unless --defaults plain asks for the methods' own defaults.
@@ -121,27 +125,31 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
-        for problem in problems:
-            for method in methods[problem.spec]:
-                done = len(store.done_seeds(problem, method, args.steps) & set(seeds))
-                if bar is not None:
-                    bar.set_description(f"{problem.name} {method.name}")
-                    bar.update(done)
+        if getattr(args, "ray", None):
+            _bench_ray(args, problems, methods, seeds, store, bar)
+        else:
+            for problem in problems:
+                for method in methods[problem.spec]:
+                    done = len(store.done_seeds(problem, method, args.steps) & set(seeds))
+                    if bar is not None:
+                        bar.set_description(f"{problem.name} {method.name}")
+                        bar.update(done)
 
-                def on_step(t: int, active: int) -> None:
-                    if bar is not None and t % 50 == 0:
-                        bar.set_postfix_str(f"step {t}/{args.steps}, {active} active")
+                    def on_step(t: int, active: int) -> None:
+                        if bar is not None and t % 50 == 0:
+                            bar.set_postfix_str(f"step {t}/{args.steps}, {active} active")
 
-                try:
-                    sweep(problem, method, seeds, args.steps, store,
-                          batch_seeds=args.batch_seeds, on_step=on_step,
-                          on_batch=bar.update if bar is not None else None,
-                          until_converged=args.until_converged, grad_tol=args.grad_tol)
-                except ValueError as exc:  # a cell stored with another stopping rule
-                    raise UsageError(str(exc)) from None
-                except sqlite3.Error as exc:  # e.g. the disk filled up after the open
-                    raise UsageError(f"cannot write database '{args.db}': {exc}; the batches "
-                                     f"written before are kept, and a rerun resumes") from None
+                    try:
+                        sweep(problem, method, seeds, args.steps, store,
+                              batch_seeds=args.batch_seeds, on_step=on_step,
+                              on_batch=bar.update if bar is not None else None,
+                              until_converged=args.until_converged, grad_tol=args.grad_tol)
+                    except ValueError as exc:  # a cell stored with another stopping rule
+                        raise UsageError(str(exc)) from None
+                    except sqlite3.Error as exc:  # e.g. the disk filled up after the open
+                        raise UsageError(f"cannot write database '{args.db}': {exc}; the "
+                                         "batches written before are kept, and a rerun "
+                                         "resumes") from None
         if bar is not None:
             bar.close()
         rows = [r for r in store.rows([p.spec for p in problems])
@@ -152,6 +160,28 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
     finally:
         store.close()
     return 0
+
+
+def _bench_ray(args: argparse.Namespace, problems: list[Problem],
+               methods: dict[str, list[Method]], seeds: list[int], store: ResultStore,
+               bar: Any) -> None:
+    """``bench --ray``: every block of every (problem, method) as a Ray task; this process
+    writes the store as blocks arrive, and the bar counts finished runs."""
+    from synaprune.bench._ray import connect, sweep_ray
+
+    connect(args.ray)
+    jobs = [(p, m) for p in problems for m in methods[p.spec]]
+    if bar is not None:
+        bar.set_description(f"ray {args.ray}")
+        bar.update(sum(len(store.done_seeds(p, m, args.steps) & set(seeds)) for p, m in jobs))
+    try:
+        sweep_ray(jobs, seeds, args.steps, store, batch_seeds=args.batch_seeds,
+                  threads=args.threads, on_batch=bar.update if bar is not None else None)
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot write database '{args.db}': {exc}; the blocks written "
+                         f"before are kept, and a rerun resumes") from None
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -255,6 +285,12 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "classification of runs (default: relative, ||g|| max(||theta||,1) / "
                         "max(L - L*, tol) <= 1e-6; docs/definitions.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="run the blocks of seeds as Ray tasks (pip install 'synaprune[ray]'): "
+                        "'auto' joins the cluster running here (or starts one with this "
+                        "machine's CPUs), ADDRESS a cluster's head (HOST:PORT or "
+                        "ray://HOST:10001); this process alone writes --db, block by block; "
+                        "--threads is then each task's threads and CPUs")
     p.set_defaults(func=cmd_bench)
     return p
 

@@ -11,7 +11,7 @@ from synaprune.bench.runner import check_compatible, run_seeds
 from synaprune.bench.store import ResultStore
 from synaprune.problems import Problem
 
-__all__ = ["SweepReport", "stop_rule", "sweep"]
+__all__ = ["SweepReport", "plan_blocks", "stop_rule", "sweep"]
 
 
 def stop_rule(until_converged: bool = False, grad_tol: float | None = None) -> str | None:
@@ -46,6 +46,24 @@ class SweepReport:
     requested: int
     skipped: int
     ran: int
+
+
+def plan_blocks(problem: Problem, method: Method, seeds: Sequence[int], steps: int,
+                store: ResultStore, *, batch_seeds: int = 256) -> tuple[list[int], list[list[int]]]:
+    """The seeds wanted (distinct, in order) and the blocks of seeds not yet stored, as
+    :func:`sweep` trains them (``batch_seeds`` at a time, in order); also the Ray tasks of
+    ``synaprune bench --ray``, so that both train the same blocks.
+
+    Raises:
+        ValueError: If the method cannot train the problem or ``batch_seeds < 1``.
+    """
+    check_compatible(problem, method)
+    if batch_seeds < 1:
+        raise ValueError(f"Invalid batch_seeds: {batch_seeds}; must be >= 1")
+    wanted = list(dict.fromkeys(int(s) for s in seeds))
+    done = store.done_seeds(problem, method, steps)
+    todo = [s for s in wanted if s not in done]
+    return wanted, [todo[lo:lo + batch_seeds] for lo in range(0, len(todo), batch_seeds)]
 
 
 def sweep(
@@ -88,12 +106,10 @@ def sweep(
             ``grad_tol`` is not a positive number, or the store holds runs of this cell made
             with another stopping rule.
     """
-    check_compatible(problem, method)
-    if batch_seeds < 1:
-        raise ValueError(f"Invalid batch_seeds: {batch_seeds}; must be >= 1")
     if grad_tol is not None and not grad_tol > 0:
         raise ValueError(f"Invalid grad_tol: {grad_tol}; must be a positive number")
     rule = stop_rule(until_converged, grad_tol)
+    wanted, blocks = plan_blocks(problem, method, seeds, steps, store, batch_seeds=batch_seeds)
     other = store.stop_rules(problem, method, steps) - {rule}
     if other:
         name = sorted(str(r) if r is not None else "the default" for r in other)[0]
@@ -101,11 +117,8 @@ def sweep(
             f"{store.path} already holds runs of {problem.spec} x {method.spec} with {steps} "
             f"steps made with stopping rule {name}, not {rule or 'the default'}; use another "
             "--db (or the same rule) so that one cell never mixes stopping rules")
-    wanted = list(dict.fromkeys(int(s) for s in seeds))
-    done = store.done_seeds(problem, method, steps)
-    todo = [s for s in wanted if s not in done]
-    for lo in range(0, len(todo), batch_seeds):
-        batch = todo[lo:lo + batch_seeds]
+    todo = [s for block in blocks for s in block]
+    for batch in blocks:
         results = run_seeds(problem, method, batch, steps, on_step=on_step,
                             until_converged=until_converged, grad_tol=grad_tol)
         store.write(problem, method, steps, results, stop_rule=rule)

@@ -2,7 +2,12 @@
 
 Computing is separate from saving (Cockpit's design): :meth:`TrainingMonitor.record` computes one
 record of plain floats, keeps it in memory keyed by step, and appends it as one JSON object per
-line to a JSONL file, flushed at once, so a crash loses at most the line being written.
+line to a JSONL file, flushed at once, so a crash loses at most the line being written. Given a
+``writer`` (``torch.utils.tensorboard.SummaryWriter``, or anything with its ``add_scalar``), every
+quantity of the record is also written as a TensorBoard scalar at its step, under its own name
+(the expensive ones only at their scheduled steps). TensorBoard keeps scalars in float32: the
+JSONL file (float64) is the exact record, the event file the one to plot. The writer belongs to
+the caller: :meth:`TrainingMonitor.close` flushes it and leaves it open.
 
 Call it after ``loss.backward()`` and *before* ``optimizer.zero_grad()`` (the cheap set reads
 ``p.grad`` and the per-example statistics that :class:`synaprune.PerExampleGradStats` leaves on
@@ -119,6 +124,9 @@ class TrainingMonitor:
         reduction: ``"mean"`` or ``"sum"``, how the training loss reduces its per-example
             losses; used by the monitor's own probe only (``cancellation=True``).
         lanczos_maxiter: Hessian-vector products at most per Lanczos call.
+        writer: a ``torch.utils.tensorboard.SummaryWriter`` (anything with
+            ``add_scalar(tag, value, global_step)``) to write every record to as scalars;
+            None for none. Flushed by :meth:`close`, not closed.
 
     Attributes:
         records: dict step -> {name: float}, every record kept in memory.
@@ -156,7 +164,11 @@ class TrainingMonitor:
         cancellation: bool | None = None,
         reduction: str = "mean",
         lanczos_maxiter: int | None = None,
+        writer: Any = None,
     ) -> None:
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise ValueError(f"Invalid writer: {type(writer).__name__} has no add_scalar; "
+                             "expected a torch.utils.tensorboard.SummaryWriter")
         if not callable(schedule):
             raise ValueError("schedule must be a callable step -> bool, e.g. every(100)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -171,6 +183,7 @@ class TrainingMonitor:
         self.schedule = schedule
         self.k = k
         self.lanczos_maxiter = lanczos_maxiter
+        self.writer = writer
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self.per_parameter = per_parameter
@@ -198,7 +211,11 @@ class TrainingMonitor:
         self.close()
 
     def close(self) -> None:
-        """Close the JSONL file and remove the monitor's own probe (records stay in memory)."""
+        """Close the JSONL file, flush the writer (left open: it is the caller's) and remove the
+        monitor's own probe (records stay in memory)."""
+        flush = getattr(self.writer, "flush", None)
+        if callable(flush):
+            flush()
         if self.probe is not None:
             self.probe.remove()
         if self._file is not None:
@@ -371,6 +388,9 @@ class TrainingMonitor:
         if self._file is not None:
             self._file.write(json.dumps({"step": int(step), **_finite(rec)}) + "\n")
             self._file.flush()
+        if self.writer is not None:
+            for name, value in rec.items():
+                self.writer.add_scalar(name, value, int(step))
         return rec
 
     def series(self, name: str) -> tuple[list[int], list[float]]:

@@ -3,6 +3,6 @@ per-example statistics as functions (:func:`per_example_sums`, no hooks; for S s
 too)."""
 
 from synaprune.probes._functional import per_example_sums
-from synaprune.probes.grad_stats import PerExampleGradStats, probes_paused
+from synaprune.probes.grad_stats import PerExampleGradStats, probes_paused, remove_probes
 
-__all__ = ["PerExampleGradStats", "per_example_sums", "probes_paused"]
+__all__ = ["PerExampleGradStats", "per_example_sums", "probes_paused", "remove_probes"]

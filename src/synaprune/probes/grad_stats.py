@@ -66,10 +66,12 @@ _CHUNK_ELEMENTS = 2**24
 # thread-local, because backward hooks may run on autograd's device threads.
 _GLOBAL_PAUSE = [0]
 
-# Probes that are attached (not removed) and do not stand aside for others, by id: a stand-in
-# probe (:class:`_StandInProbe`) records nothing for parameters that one of these tracks. The
-# version changes whenever the set does (attach, remove, garbage collection), so that stand-ins
-# can cache their answer.
+# Probes that are attached (not removed), by id, in the order they were attached. Two probes
+# writing the same parameter's statistics would count every example twice, so an ordinary probe
+# refuses a parameter that another ordinary probe tracks, and a stand-in probe
+# (:class:`_StandInProbe`) records nothing for a parameter that an ordinary probe or an earlier
+# stand-in tracks. The version changes whenever the set does (attach, remove, garbage
+# collection), so that stand-ins can cache their answer.
 _LIVE: dict[int, weakref.ReferenceType[PerExampleGradStats]] = {}
 _LIVE_VERSION = [0]
 
@@ -90,11 +92,46 @@ def _unregister(probe: PerExampleGradStats) -> None:
         _LIVE_VERSION[0] += 1
 
 
-def _tracked_elsewhere(params: list[Tensor]) -> list[bool]:
-    """Per parameter: whether an attached probe that is not a stand-in tracks it."""
-    live = [probe for ref in list(_LIVE.values())
+def _attached() -> list[PerExampleGradStats]:
+    """The attached probes, oldest first."""
+    return [probe for ref in list(_LIVE.values())
             if (probe := ref()) is not None and not probe._removed]
-    return [any(id(p) in probe._ids for probe in live) for p in params]
+
+
+def _owners(asker: PerExampleGradStats | None) -> list[PerExampleGradStats]:
+    """The attached probes whose statistics ``asker`` must not write over: every ordinary probe
+    but ``asker``, and, when ``asker`` is a stand-in, the stand-ins attached before it."""
+    owners = []
+    before_asker = True
+    for probe in _attached():
+        if probe is asker:
+            before_asker = False
+        elif not probe._stands_aside or (asker is not None and asker._stands_aside
+                                         and before_asker):
+            owners.append(probe)
+    return owners
+
+
+def _tracked_elsewhere(params: list[Tensor],
+                       asker: PerExampleGradStats | None = None) -> list[bool]:
+    """Per parameter: whether an attached probe that ``asker`` must leave alone tracks it (for
+    ``asker=None``: whether an ordinary probe tracks it)."""
+    owners = _owners(asker)
+    return [any(id(p) in probe._ids for probe in owners) for p in params]
+
+
+def remove_probes(model: nn.Module) -> int:
+    """Remove every attached probe that tracks a parameter of ``model``, including those of a
+    :class:`synaprune.diagnose.TrainingMonitor`; returns how many were removed.
+
+    The way out when a probe is no longer reachable (a notebook cell run twice) and a new one
+    is refused because the old one still tracks the parameters.
+    """
+    ids = {id(p) for p in model.parameters()}
+    probes = [probe for probe in _attached() if probe._ids & ids]
+    for probe in probes:
+        probe.remove()
+    return len(probes)
 
 
 @contextmanager
@@ -411,7 +448,17 @@ class PerExampleGradStats:
                           if isinstance(m, _BatchNorm) and m not in self._own]
         self._aside: tuple[int, frozenset[nn.Module]] = (-1, frozenset())
         if not self._stands_aside:
-            _register(self)
+            names = {id(p): n for n, p in model.named_parameters()}
+            taken = [names[id(p)] for p, t in zip(self.params, _tracked_elsewhere(self.params),
+                                                   strict=True) if t]
+            if taken:
+                for h in self._handles:
+                    h.remove()
+                raise ValueError(
+                    f"parameter {taken[0]!r} is already tracked by another attached "
+                    "PerExampleGradStats, and two probes would count every example twice: "
+                    "call .remove() on the old probe, or synaprune.probes.remove_probes(model)")
+        _register(self)
         self.zero()
 
     # -- public API ----------------------------------------------------------------------------
@@ -440,7 +487,7 @@ class PerExampleGradStats:
         ``p.grad_batch_size = 0`` for every tracked parameter, and ``batch_size = 0``. ``p.grad``
         is not touched: gradient left in it is kept apart as ``p.grad_extra`` by the next
         backward pass (it is not described by any statistics)."""
-        aside = (_tracked_elsewhere(self.params) if self._stands_aside
+        aside = (_tracked_elsewhere(self.params, self) if self._stands_aside
                  else [False] * len(self.params))
         for p, skip in zip(self.params, aside, strict=True):
             if skip:  # a stand-in probe never clears what another probe recorded
@@ -545,7 +592,7 @@ class PerExampleGradStats:
         if version != _LIVE_VERSION[0]:
             version = _LIVE_VERSION[0]
             modules = frozenset(m for m, own in self._own.items()
-                                if any(_tracked_elsewhere(list(own.values()))))
+                                if any(_tracked_elsewhere(list(own.values()), self)))
             self._aside = (version, modules)
         return modules
 
@@ -978,9 +1025,11 @@ class _StandInProbe(PerExampleGradStats):
     statistics on every step but must not disturb a probe the user attached for the optimizer.
 
     It differs from :class:`PerExampleGradStats` in one way: it stands aside for any module
-    whose parameters another attached probe tracks, whenever that probe was attached (before or
-    after this one): it records nothing there, so those parameters' statistics, batch size and
-    reduction are the other probe's alone, and :meth:`zero` does not clear them. (Like every
+    whose parameters an ordinary attached probe tracks, whenever that probe was attached (before
+    or after this one), or a stand-in attached before this one (two monitors on one model): it
+    records nothing there, so those parameters' statistics, batch size and reduction are the
+    other probe's alone, and :meth:`zero` does not clear them. When that probe is removed, this
+    one records again from the next forward pass. (Like every
     probe's, its statistics follow ``.grad``, so a ``torch.optim`` ``zero_grad`` resets them.)
     """
 
