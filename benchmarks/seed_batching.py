@@ -13,7 +13,9 @@ Both sides run in this one process, one after the other, on the same protocol
 (:func:`synaprune.bench.run_seeds` for the batch; :func:`synaprune.bench.run_single`, the
 ordinary single-model loop with ``torch.optim.SGD``, for the loop). The loop is timed on the first
 ``--loop-seeds`` seeds and scaled to ``--seeds``; the batched run trains all ``--seeds``. The
-script also checks that both give the same final parameters for the looped seeds. Results are
+script also checks that both give the same final parameters for the looped seeds. Both sides
+time training only (``classify=False``: the kinds of :mod:`synaprune.bench.kinds` are named
+after training, measured by ``benchmarks/kinds_cost.py``). Results are
 reported in seed-steps per second and as the ratio batched / loop (target: at least 20x).
 """
 
@@ -46,12 +48,13 @@ def main() -> None:
     run_single(problem, method, 0, 5)
 
     start = time.perf_counter()
-    loop = [run_single(problem, method, s, args.steps) for s in range(args.loop_seeds)]
+    loop = [run_single(problem, method, s, args.steps, classify=False)
+            for s in range(args.loop_seeds)]
     loop_time = time.perf_counter() - start
     loop_steps = sum(r.steps for r in loop)
 
     start = time.perf_counter()
-    batched = run_seeds(problem, method, list(range(args.seeds)), args.steps)
+    batched = run_seeds(problem, method, list(range(args.seeds)), args.steps, classify=False)
     batch_time = time.perf_counter() - start
     batch_steps = sum(r.steps for r in batched)
 

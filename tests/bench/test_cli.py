@@ -150,7 +150,9 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
     for r in listed:
         row = stored[r["id"]]
         assert list(r) == ["id", "problem", "method", "seed", "budget", "status", "steps",
-                           "final_loss", "final_grad_norm"]
+                           "final_loss", "final_grad_norm", "kind", "min_eig", "saddle_index",
+                           "cost"]
+        assert r["kind"] == row["kind"] and r["cost"] == row["cost"] == r["steps"]  # gd
         assert (r["problem"], r["method"], r["seed"], r["status"], r["final_loss"]) == (
             row["problem"], row["method"], row["seed"], row["status"], row["final_loss"])
         assert r["final_grad_norm"] == row["final_grad_norm"]
@@ -164,7 +166,8 @@ def test_results_runs_lists_ids_with_filters(tmp_path: Path, capsys) -> None:
           "adam:lr=0.05"])
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["id", "seed", "status", "steps", "final", "loss", "final",
-                                "grad", "norm", "problem", "method"]
+                                "grad", "norm", "kind", "min", "eig", "cost", "problem",
+                                "method"]
     assert len(table) == 2 + 6 and all(line.endswith(" adam lr=0.05") for line in table[2:])
 
     _run(["results", "--db", db, "--runs", "--problem", "xor"])
@@ -334,3 +337,56 @@ def test_results_filters_take_names_in_any_case(tmp_path: Path, capsys) -> None:
                      problem, "--method", method]) == 0
         outputs.append(json.loads(capsys.readouterr().out))
     assert len(outputs[0]) == 2 and outputs == [outputs[0]] * 3
+
+
+def test_bench_until_converged_stores_its_rule_and_refuses_to_mix_rules(tmp_path: Path,
+                                                                       capsys) -> None:
+    """A cell run with one stopping rule is never topped up (or skipped) under another: the
+    second bench is refused before anything trains, with one line."""
+    db = str(tmp_path / "r.db")
+    small = ["bench", "--problem", "teacher-student:k=4", "--method", "gd", "--seeds", "3",
+             "--steps", "60", "--quiet", "--defaults", "plain", "--db", db]
+    assert _run([*small, "--until-converged", "--grad-tol", "1e-3"]) == 0
+    assert "stopping rule: until-converged,grad_tol=0.001" in capsys.readouterr().out
+    with ResultStore(db) as store:
+        rows = store.rows()
+    assert {r["stop_rule"] for r in rows} == {"until-converged,grad_tol=0.001"}
+    assert all(r["kind"] in ("global", "spurious", "saddle", "moving") for r in rows)
+    with pytest.raises(UsageError, match=r"stopping rule until-converged,grad_tol=0\.001"):
+        _run([*small, "--seeds", "4"])
+    with ResultStore(db) as store:
+        assert store.count() == 3  # nothing trained or written by the refused call
+    with pytest.raises(UsageError, match="--grad-tol must be a positive number"):
+        _run([*small, "--grad-tol", "-1"])
+
+
+def test_results_at_cost_and_old_rows_read_as_not_recorded(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "r.db")
+    _run([*BENCH, "--db", db])
+    capsys.readouterr()
+    # as if written before kinds and costs were stored
+    with ResultStore(db) as store, store.conn:
+        store.conn.execute("UPDATE runs SET kind = NULL, cost = NULL WHERE seed < 2")
+    assert _run(["results", "--db", db, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert all(r["kind_not_recorded"] == 2 and r["cost_not_recorded"] == 2 for r in records)
+    assert _run(["results", "--db", db]) == 0
+    assert "not recorded" in capsys.readouterr().out
+    assert _run(["results", "--db", db, "--at-cost", "50", "--format", "json"]) == 0
+    at = json.loads(capsys.readouterr().out)
+    assert all(r["runs"] == 4 and r["at_cost"] == 50.0 for r in at)
+    with pytest.raises(UsageError, match="--at-cost must be a positive number"):
+        _run(["results", "--db", db, "--at-cost", "nan"])
+    with ResultStore(db) as store, store.conn:
+        store.conn.execute("UPDATE runs SET cost = NULL")
+    with pytest.raises(UsageError, match="none of the matching runs recorded its cost"):
+        _run(["results", "--db", db, "--at-cost", "50"])
+
+
+def test_bench_ray_refuses_a_stopping_rule_it_would_ignore(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    for extra in (["--until-converged"], ["--grad-tol", "1e-8"]):
+        with pytest.raises(UsageError, match="not available with --ray"):
+            _run(["bench", "--problem", "xor", "--method", "gd", "--db", str(db), "--quiet",
+                  "--ray", "auto", *extra])
+    assert not db.exists()

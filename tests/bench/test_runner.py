@@ -291,3 +291,50 @@ def test_final_gradient_norm_is_the_full_batch_gradient() -> None:
     expected = math.sqrt(sum(float(g.square().sum()) for g in grads))
     assert result.final_grad_norm == pytest.approx(expected, rel=1e-10)
     assert result.curve[-1][2] == result.final_grad_norm
+
+
+# ------------------------------------------------------------------ until converged
+def test_until_converged_runs_are_bit_identical_to_budgeted_runs_up_to_their_stop() -> None:
+    """Each run stopped by the rule at step T has exactly the parameters, loss and cost of the
+    same seed run in the same batch with the budget T and no rule; runs that succeeded first
+    are the budgeted runs themselves."""
+    problem, method = get_problem("teacher-student:k=8"), get_method("gd:lr=0.3")
+    seeds = list(range(8))
+    conv = run_seeds(problem, method, seeds, 1500, until_converged=True, grad_tol=1e-3,
+                     classify=False)
+    stopped = [r for r in conv if r.status == "budget" and r.steps < 1500]
+    assert len(stopped) >= 2, "the test needs runs stopped by the rule"
+    refs = {t: {x.seed: x for x in run_seeds(problem, method, seeds, t, classify=False)}
+            for t in sorted({r.steps for r in stopped})[:2]}
+    for t, ref in refs.items():
+        for r in conv:
+            if r.steps == t and r.status == "budget":
+                assert r.final_grad_norm is not None and r.final_grad_norm <= 1e-3
+                x = ref[r.seed]
+                assert x.steps == r.steps and x.status == "budget"
+                assert all(torch.equal(x.params[k], r.params[k]) for k in x.params)
+                assert x.final_loss == r.final_loss and x.cost == r.cost
+                assert x.final_grad_norm == pytest.approx(r.final_grad_norm, rel=1e-12)
+            if r.status == "ok" and r.steps <= t:
+                x = ref[r.seed]
+                assert (x.status, x.steps) == ("ok", r.steps)
+                assert all(torch.equal(x.params[k], r.params[k]) for k in x.params)
+
+
+def test_until_converged_single_loop_matches_the_stacked_runner() -> None:
+    problem, method = get_problem("teacher-student:k=8"), get_method("gd:lr=0.3")
+    (r,) = run_seeds(problem, method, [6], 1500, until_converged=True, grad_tol=1e-3)
+    single = run_single(problem, method, 6, 1500, until_converged=True, grad_tol=1e-3)
+    assert r.steps < 1500 and r.status == "budget"
+    assert (single.steps, single.status, single.kind) == (r.steps, r.status, r.kind)
+    assert single.final_loss == pytest.approx(r.final_loss, rel=1e-12)
+
+
+def test_until_converged_with_minibatches_uses_the_full_batch_gradient() -> None:
+    """sgd's step gradient is a minibatch's; the rule tests the full-batch one, so a run is
+    not stopped because one minibatch's gradient happened to be small."""
+    problem, method = get_problem("spirals"), get_method("sgd:batch_size=8,lr=0.1")
+    runs = run_seeds(problem, method, [0, 1], 40, until_converged=True, grad_tol=1e3,
+                     classify=False)
+    for r in runs:  # every full-batch gradient is below 1e3: each stops at once
+        assert r.steps == 0 and r.final_grad_norm is not None and r.final_grad_norm < 1e3

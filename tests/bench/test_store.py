@@ -275,6 +275,61 @@ def test_database_without_final_grad_norm_is_migrated(tmp_path: Path) -> None:
     assert _columns(db).count("final_grad_norm") == 1
 
 
+_OUTCOME_COLUMNS = ("kind", "min_eig", "saddle_index", "cost")
+
+
+def test_outcome_columns_round_trip_and_null_is_not_recorded(tmp_path: Path) -> None:
+    """kind, min_eig, saddle_index and cost are stored as given; None stays NULL (not 0)."""
+    problem, method, results = _xor_results([0, 1])
+    assert set(_OUTCOME_COLUMNS) <= set(RESULT_COLUMNS)
+    assert results[1].kind is not None and results[1].cost == 30.0  # the runner sets them
+    results = [dataclasses.replace(results[0], kind="saddle", min_eig=-0.25, saddle_index=2,
+                                   cost=31.5),
+               dataclasses.replace(results[1], kind=None, min_eig=None, saddle_index=None,
+                                   cost=None)]
+    with ResultStore(tmp_path / "r.db") as store:
+        store.write(problem, method, 30, results)
+        rows = store.rows()
+        assert [[r[c] for c in _OUTCOME_COLUMNS] for r in rows] == [
+            ["saddle", -0.25, 2, 31.5], [None, None, None, None]]
+        run = store.get_run(rows[0]["id"])
+        assert (run.kind, run.min_eig, run.saddle_index, run.cost) == ("saddle", -0.25, 2, 31.5)
+        raw = store.conn.execute("SELECT kind, min_eig, saddle_index, cost FROM runs "
+                                 "WHERE seed = 1").fetchone()
+        assert tuple(raw) == (None, None, None, None)
+
+
+def test_old_database_without_outcome_columns_reads_not_recorded(tmp_path: Path) -> None:
+    """Before kind/min_eig/saddle_index/cost: read-only they read as None and the file is
+    untouched; for writing they are added once."""
+    db = tmp_path / "old.db"
+    problem, method, old = _xor_results([0])
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute(_OLD_SCHEMA)
+        r = old[0]
+        conn.execute(
+            "INSERT INTO runs (problem, problem_name, problem_params, method, method_name, "
+            "method_options, seed, budget, final_loss, best_loss, steps, steps_to_success, "
+            "wall_time, status, success, curve, params, created) "
+            "VALUES (?, ?, '{}', ?, ?, '{}', ?, 30, ?, ?, ?, ?, 0.0, ?, ?, '[]', ?, 0.0)",
+            (problem.spec, problem.name, method.spec, method.name, r.seed, r.final_loss,
+             r.best_loss, r.steps, r.steps_to_success, r.status, int(r.success),
+             _params_bytes(r.params)))
+    conn.close()
+    with ResultStore(db, readonly=True) as store:
+        row = store.rows()[0]
+        assert [row[c] for c in _OUTCOME_COLUMNS] == [None] * 4
+        run = store.get_run(row["id"])
+        assert (run.kind, run.min_eig, run.saddle_index, run.cost) == (None,) * 4
+    assert not set(_OUTCOME_COLUMNS) & set(_columns(db))
+    with ResultStore(db):
+        pass
+    with ResultStore(db):
+        pass
+    assert all(_columns(db).count(c) == 1 for c in _OUTCOME_COLUMNS)
+
+
 def test_rows_filter_by_method(tmp_path: Path) -> None:
     problem = get_problem("xor")
     with ResultStore(tmp_path / "r.db") as store:

@@ -121,3 +121,45 @@ def test_json_format_parses_back() -> None:
     assert data[3]["median_final_loss"] == "inf"  # strict JSON, no Infinity token
     with pytest.raises(ValueError, match="text, csv, json"):
         format_summaries([], "xml")
+
+
+def _kind_row(kind: str | None, cost: float | None, success: bool = False) -> dict:
+    row = _row("p", "gd:lr=0.1", "ok" if success else "budget", 0.001 if success else 0.5,
+               int(cost) if success and cost is not None else None)
+    row.update(kind=kind, cost=cost)
+    return row
+
+
+KIND_ROWS = [
+    _kind_row("global", 40.0, True), _kind_row("global", 90.0, True),
+    _kind_row("spurious", 100.0), _kind_row("saddle", 100.0), _kind_row("moving", 100.0),
+    _kind_row(None, None), _kind_row(None, None, True),  # an older database: not recorded
+]
+
+
+def test_summary_counts_kinds_and_says_what_was_not_recorded() -> None:
+    (s,) = summarize(KIND_ROWS)
+    assert (s.kind_global, s.kind_spurious, s.kind_saddle, s.kind_moving) == (2, 1, 1, 1)
+    assert (s.kind_unstable, s.kind_diverged, s.kind_not_recorded) == (0, 0, 2)
+    assert s.runs == 7 and s.successes == 3  # the old successful run is still a success
+    assert s.median_cost == 100.0 and s.cost_not_recorded == 2
+    text = format_summaries([s], "text")
+    assert "not recorded" in text and "spurious minimum" in text and "still moving" in text
+    record = json.loads(format_summaries([s], "json"))[0]
+    assert record["kind_spurious"] == 1 and record["kind_not_recorded"] == 2
+    csv_rows = list(csv.DictReader(io.StringIO(format_summaries([s], "csv"))))
+    assert csv_rows[0]["kind_saddle"] == "1" and csv_rows[0]["median_cost"] == "100.0"
+
+
+def test_summary_at_cost_counts_success_within_the_cost_and_leaves_out_unknown_costs() -> None:
+    """At C = 50 only the run that succeeded at cost 40 counts; the one at 90 had not ended
+    (unfinished), nor had the failures at cost 100; runs without a cost are left out."""
+    (s,) = summarize(KIND_ROWS, at_cost=50.0)
+    assert (s.runs, s.successes, s.kind_global, s.kind_unfinished) == (5, 1, 1, 4)
+    assert s.cost_not_recorded == 2 and s.at_cost == 50.0
+    assert s.median_steps_to_success == 40.0
+    (t,) = summarize(KIND_ROWS, at_cost=100.0)  # "<= C": everything recorded has ended
+    assert (t.runs, t.successes, t.kind_unfinished, t.kind_spurious) == (5, 2, 0, 1)
+    assert "success at cost 50" in format_summaries([s], "text")
+    with pytest.raises(ValueError, match="at_cost"):
+        summarize(KIND_ROWS, at_cost=0.0)

@@ -8,7 +8,9 @@
 * :func:`run_seeds`: S seeds of one (problem, method) vectorised over seeds
   (``stack_module_state`` + ``vmap``, one optimizer over the stacked tensors), each a
   :class:`RunResult`; :func:`run_single` is the same protocol as an ordinary single-model
-  loop.
+  loop. Both can stop a run once its gradient is small (``until_converged``), and give each
+  run its kind (:mod:`synaprune.bench.kinds`: global, spurious, saddle, moving, unstable,
+  diverged) and its cost in gradient-equivalents (:mod:`synaprune.bench.cost`).
 * :class:`ResultStore` (SQLite, one row per run; :class:`StoredRun` is one run read back)
   and :func:`sweep` (resumable, a :class:`SweepReport`).
 * :func:`summarize` into :class:`Summary` objects, :func:`wilson_interval`,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from synaprune._spec import parse_spec
+from synaprune.bench.kinds import kind_label
 from synaprune.bench.methods import get_method, list_methods, method_label
 from synaprune.bench.summary import check_format
 
@@ -21,7 +22,7 @@ __all__ = ["RUN_FIELDS", "format_runs", "method_matcher"]
 
 # The columns of the listing, in order.
 RUN_FIELDS = ("id", "problem", "method", "seed", "budget", "status", "steps", "final_loss",
-              "final_grad_norm")
+              "final_grad_norm", "kind", "min_eig", "saddle_index", "cost")
 
 
 def method_matcher(specs: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
@@ -87,7 +88,9 @@ def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "text") -> str:
         fmt: ``"text"`` (aligned, the problem's spec and the method's label last),
             ``"csv"`` (a header line; an unknown or non-finite number is an empty field) or
             ``"json"`` (a list of objects; such a number is null); csv and json give the
-            method's full canonical spec.
+            method's full canonical spec. A field the row lacks or holds as None (``kind``,
+            ``cost``... of a run stored before they were) is empty, null, or in text
+            ``not recorded`` / ``-``.
 
     Returns:
         The text, ending with a newline (for ``"text"``, a note when there are no runs).
@@ -100,11 +103,11 @@ def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "text") -> str:
         ...        "budget": 50, "status": "budget", "steps": 50, "final_loss": 0.25,
         ...        "final_grad_norm": None}
         >>> print(format_runs([row], "csv"), end="")
-        id,problem,method,seed,budget,status,steps,final_loss,final_grad_norm
-        3,xor:hidden=2,gd:lr=0.1,0,50,budget,50,0.25,
+        id,problem,method,seed,budget,status,steps,final_loss,final_grad_norm,kind,min_eig,saddle_index,cost
+        3,xor:hidden=2,gd:lr=0.1,0,50,budget,50,0.25,,,,,
     """
     fmt = check_format(fmt)
-    records = [{k: _finite(row[k]) for k in RUN_FIELDS} for row in rows]
+    records = [{k: _finite(row.get(k)) for k in RUN_FIELDS} for row in rows]
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
     if fmt == "csv":
@@ -115,13 +118,16 @@ def format_runs(rows: Sequence[dict[str, Any]], fmt: str = "text") -> str:
         return buffer.getvalue()
     if not records:
         return "no runs match\n"
-    header = ["id", "seed", "status", "steps", "final loss", "final grad norm", "problem",
-              "method"]
+    header = ["id", "seed", "status", "steps", "final loss", "final grad norm", "kind",
+              "min eig", "cost", "problem", "method"]
     lines = [[str(r["id"]), str(r["seed"]), str(r["status"]), f"{r['steps']}/{r['budget']}",
-              _number(r["final_loss"]), _number(r["final_grad_norm"]), str(r["problem"]),
+              _number(r["final_loss"]), _number(r["final_grad_norm"]),
+              kind_label(r["kind"]) + ("" if not r["saddle_index"]
+                                       else f" (index {r['saddle_index']})"),
+              _number(r["min_eig"]), _number(r["cost"]), str(r["problem"]),
               method_label(str(r["method"]))] for r in records]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    right = {0, 1, 3, 4, 5}  # numbers right-aligned
+    right = {0, 1, 3, 4, 5, 7, 8}  # numbers right-aligned
 
     def fmt_line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)

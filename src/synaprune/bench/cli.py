@@ -10,6 +10,7 @@ raises :class:`synaprune.errors.UsageError`, which the main command prints as on
 from __future__ import annotations
 
 import argparse
+import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from synaprune.bench.methods import Method, parse_method_list
 from synaprune.bench.runner import check_compatible
 from synaprune.bench.store import ResultStore
 from synaprune.bench.summary import FORMATS, check_format, format_summaries, summarize
-from synaprune.bench.sweep import sweep
+from synaprune.bench.sweep import stop_rule, sweep
 from synaprune.errors import UsageError
 from synaprune.problems import Problem, get_problem, list_problems
 
@@ -93,6 +94,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--steps must be >= 0, got {args.steps}")
     if args.batch_seeds < 1:
         raise UsageError(f"--batch-seeds must be >= 1, got {args.batch_seeds}")
+    if args.grad_tol is not None and not (args.grad_tol > 0 and math.isfinite(args.grad_tol)):
+        raise UsageError(f"--grad-tol must be a positive number, got {args.grad_tol}")
+    if getattr(args, "ray", None) and (args.until_converged or args.grad_tol is not None):
+        # the Ray tasks run the default rule; never ignore a rule the user asked for
+        raise UsageError("--until-converged and --grad-tol are not available with --ray yet; "
+                         "run without --ray")
     problems = _problems(args.problem)
     # Options not given on the command line take the values tuned on each problem
     # (docs/tuning.md), unless --defaults plain asks for the methods' own defaults.
@@ -120,6 +127,18 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
            seeds: list[int]) -> int:
     store = _open_store(args.db, readonly=False)
     try:
+        # Before any training: a cell already stored under another stopping rule is refused
+        # (sweep checks again), so that nothing runs for an hour to stop at the second cell.
+        rule = stop_rule(args.until_converged, args.grad_tol)
+        for problem in problems:
+            for method in methods[problem.spec]:
+                other = store.stop_rules(problem, method, args.steps) - {rule}
+                if other:
+                    raise UsageError(
+                        f"{args.db} already holds runs of {problem.spec} x {method.label} "
+                        f"with {args.steps} steps made with stopping rule "
+                        f"{sorted(str(r) for r in other)[0].replace('None', 'the default')}, "
+                        f"not {rule or 'the default'}; use another --db or the same rule")
         total = sum(len(m) for m in methods.values()) * len(seeds)
         bar: Any = None
         if not args.quiet:
@@ -143,7 +162,10 @@ def _bench(args: argparse.Namespace, problems: list[Problem], methods: dict[str,
                     try:
                         sweep(problem, method, seeds, args.steps, store,
                               batch_seeds=args.batch_seeds, on_step=on_step,
-                              on_batch=bar.update if bar is not None else None)
+                              on_batch=bar.update if bar is not None else None,
+                              until_converged=args.until_converged, grad_tol=args.grad_tol)
+                    except ValueError as exc:  # a cell stored with another stopping rule
+                        raise UsageError(str(exc)) from None
                     except sqlite3.Error as exc:  # e.g. the disk filled up after the open
                         raise UsageError(f"cannot write database '{args.db}': {exc}; the "
                                          "batches written before are kept, and a rerun "
@@ -214,7 +236,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.runs:
         print(format_runs(rows, fmt), end="")
         return 0
-    summaries = summarize(rows)
+    if args.at_cost is not None and not (args.at_cost > 0 and math.isfinite(args.at_cost)):
+        raise UsageError(f"--at-cost must be a positive number, got {args.at_cost}")
+    summaries = summarize(rows, at_cost=args.at_cost)
+    if args.at_cost is not None and rows and not summaries:
+        raise UsageError("--at-cost: none of the matching runs recorded its cost (a database "
+                         "written before costs were stored); rerun them with synaprune bench")
     text = format_summaries(summaries, fmt)
     print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
@@ -261,6 +288,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--defaults", choices=("tuned", "plain"), default="tuned",
                    help="options not given in a method spec: 'tuned' (default) takes the values "
                         "tuned on each problem (docs/tuning.md), 'plain' the method's own")
+    p.add_argument("--until-converged", action="store_true",
+                   help="also stop a run once its full-batch gradient norm is small (see "
+                        "--grad-tol), classify it and stop updating it; --steps is then the "
+                        "maximum")
+    p.add_argument("--grad-tol", type=float, default=None, metavar="TOL",
+                   help="absolute gradient-norm tolerance of --until-converged and of the "
+                        "classification of runs (default: relative, ||g|| max(||theta||,1) / "
+                        "max(L - L*, tol) <= 1e-6; docs/definitions.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--ray", metavar="auto|ADDRESS",
                    help="run the blocks of seeds as Ray tasks (pip install 'synaprune[ray]'): "
@@ -284,7 +319,9 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "results", help="summarise a results database, or list its runs",
         description="Per problem: method, runs, success rate with a 95% Wilson interval, "
-                    "median final loss, median steps to success, time per run. With --runs: "
+                    "median final loss, median steps to success, median cost, time per run, "
+                    "failures by kind (spurious minimum, saddle, still moving, unstable, "
+                    "diverged; 'not recorded' for runs stored before kinds were). With --runs: "
                     "one line per run (id, problem, method, seed, status, final loss, final "
                     "gradient norm); diagnose one with synaprune diagnose --db DB --run ID.")
     p.add_argument("--db", default="results.db", help="SQLite results file (default results.db)")
@@ -299,6 +336,10 @@ def add_results_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"one of {', '.join(FORMATS)} (default text: methods by name and the "
                         "options other than their defaults; csv and json give the full specs; "
                         "'table' is read as text)")
+    p.add_argument("--at-cost", type=float, default=None, metavar="C",
+                   help="count successes at cumulative cost C in gradient-equivalents (one "
+                        "full-batch gradient = 1): a run succeeds at C if it succeeded within "
+                        "that cost; runs still going at C are 'unfinished'")
     p.add_argument("--plot", metavar="FILE",
                    help="also draw the success rates with their intervals into FILE (.png, .svg)")
     p.set_defaults(func=cmd_results)

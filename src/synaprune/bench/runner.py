@@ -13,6 +13,13 @@ non-finite L_t ends the run as ``diverged``; ``problem.solved(L_t)`` ends it as 
 (on the full batch, or on the seed's own minibatch) and the optimizer steps. ``steps`` is the
 number of optimizer steps taken and ``final_loss`` is L at the end.
 
+With ``until_converged``, a run also stops at step t (status ``budget``, before its t-th step)
+once its full-batch training-loss gradient at theta_t is small
+(:func:`synaprune.bench.kinds.gradient_threshold`); the slot is frozen like any stopped seed's.
+Every result carries its ``cost`` (:mod:`synaprune.bench.cost`, summed over the steps taken) and,
+after training, its kind (:mod:`synaprune.bench.kinds`; the Hessian check runs then, once per
+stopped run, not on the training path).
+
 A seed that stopped is frozen: its gradient is zeroed and its parameters are restored after each
 step (a diverged seed's are replaced by zeros in the live tensors, so its NaN cannot reach any
 cross-seed computation); its result is taken at the moment it stopped.
@@ -37,6 +44,8 @@ import torch
 from torch import Tensor
 from torch.func import grad, stack_module_state, vmap
 
+from synaprune.bench.cost import HVP, step_cost
+from synaprune.bench.kinds import classify_results, gradient_threshold
 from synaprune.bench.methods import Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
@@ -94,6 +103,17 @@ class RunResult:
         final_grad_norm: Norm of the full-batch (or exact) training-loss gradient at the
             final parameters, without any penalty; None when diverged. With ``final_loss``
             it tells a spurious minimum (gradient vanished) from a run still moving.
+        kind: How the run ended (:data:`synaprune.bench.kinds.KINDS`); None when not
+            classified.
+        min_eig: Smallest Hessian eigenvalue at the final parameters; None if not computed.
+        saddle_index: Negative Hessian eigenvalues found; None if not computed.
+        cost: Cost of the run in gradient-equivalents (one full-batch gradient = 1); None
+            when not counted.
+        tail_start: Training loss at step ``budget // 2`` (None if the run stopped before).
+        tail_rise: Sum over the steps t > ``budget // 2`` of max(0, L_t - L_{t-1}): how much
+            the loss went up in the second half of the budget, at every step (not the
+            downsampled curve); with ``tail_start`` it tells an unstable run
+            (:func:`synaprune.bench.kinds.is_unstable`). Not stored.
     """
 
     seed: int
@@ -107,6 +127,12 @@ class RunResult:
     curve: list[list[float | None]] = field(repr=False)
     params: dict[str, Tensor] = field(repr=False)
     final_grad_norm: float | None = None
+    kind: str | None = None
+    min_eig: float | None = None
+    saddle_index: int | None = None
+    cost: float | None = None
+    tail_start: float | None = None
+    tail_rise: float = 0.0
 
 
 class MinibatchSampler:
@@ -212,6 +238,9 @@ def run_single(
     steps: int,
     *,
     curve_points: int = 100,
+    until_converged: bool = False,
+    grad_tol: float | None = None,
+    classify: bool = True,
 ) -> RunResult:
     """Train one seed in an ordinary loop on ``problem.build_model(seed)``.
 
@@ -228,6 +257,7 @@ def run_single(
         seed: Model seed (also the minibatch seed).
         steps: Budget of optimizer steps (>= 0).
         curve_points: Points of the downsampled curve.
+        until_converged, grad_tol, classify: As for :func:`run_seeds`.
 
     Returns:
         The run's :class:`RunResult`.
@@ -237,6 +267,9 @@ def run_single(
     """
     check_compatible(problem, method)
     start = time.perf_counter()
+    cost, base_cost = 0.0, step_cost(method, problem)
+    tail_start: float | None = None
+    tail_rise, previous = 0.0, math.nan
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
@@ -266,6 +299,11 @@ def run_single(
                     loss = problem.loss(model)
         loss_value = loss.item()
         best = min(best, loss_value) if math.isfinite(loss_value) else best
+        if t == steps // 2:
+            tail_start = _finite_or_none(loss_value)
+        elif t > steps // 2 and math.isfinite(loss_value):
+            tail_rise += max(loss_value - previous, 0.0)
+        previous = loss_value
         point: list[float | None] = [t, _finite_or_none(loss_value), None]
         if not math.isfinite(loss_value):
             status = "diverged"
@@ -288,6 +326,18 @@ def run_single(
             loss = penalty(loss)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if until_converged:
+            norm_t = (_grad_norm(grads) if sampler is None and penalty is None
+                      else _final_grad_norm(problem, model, probe))
+            theta_t = math.sqrt(sum(float(p.detach().square().sum())
+                                    for p in model.parameters()))
+            if norm_t is not None and norm_t <= gradient_threshold(
+                    problem, loss_value, theta_t, grad_tol):
+                status = "budget"
+                final_grad_norm = _final_grad_norm(problem, model, probe)
+                point[2] = final_grad_norm
+                curve.append(point)
+                break
         if t in record:
             point[2] = _finite_or_none(_grad_norm(grads))
             curve.append(point)
@@ -311,17 +361,22 @@ def run_single(
             opt.step(closure)
         else:
             opt.step()
+        cost += base_cost + float(_hvps_cost(opt))
     if probe is not None:
         probe.remove()
     if penalty is not None:
         penalty.remove()
-    return RunResult(
+    result = RunResult(
         seed=seed, status=status, success=status == "ok", final_loss=loss_value,
         best_loss=best, steps=t, steps_to_success=t if status == "ok" else None,
         wall_time=time.perf_counter() - start, curve=curve,
         params={k: v.detach().clone() for k, v in model.named_parameters()},
-        final_grad_norm=final_grad_norm,
+        final_grad_norm=final_grad_norm, cost=cost, tail_start=tail_start,
+        tail_rise=tail_rise,
     )
+    if classify:
+        classify_results(problem, [result], grad_tol)
+    return result
 
 
 def _final_grad_norm(problem: Problem, model: torch.nn.Module,
@@ -357,6 +412,13 @@ def _per_example_sumsq(
     return sumsq
 
 
+def _hvps_cost(opt: torch.optim.Optimizer) -> Tensor | float:
+    """Cost of the Hessian-vector products of the step just taken, per model: saddle-free
+    Newton's ``krylov_dims`` (one product per Krylov vector) times :data:`cost.HVP`."""
+    dims = getattr(opt, "krylov_dims", None)
+    return 0.0 if dims is None else HVP * dims.to(torch.float64)
+
+
 def _fill_and_mask(params: dict[str, Tensor], active: Tensor) -> None:
     """Give unused parameters a zero gradient and zero the gradients of stopped seeds."""
     for v in params.values():
@@ -373,6 +435,9 @@ def run_seeds(
     *,
     curve_points: int = 100,
     on_step: Callable[[int, int], None] | None = None,
+    until_converged: bool = False,
+    grad_tol: float | None = None,
+    classify: bool = True,
 ) -> list[RunResult]:
     """Train the given seeds of one (problem, method) together, vectorised over seeds.
 
@@ -386,9 +451,19 @@ def run_seeds(
         steps: Budget of optimizer steps per seed (>= 0).
         curve_points: Points of each downsampled curve.
         on_step: Called after each step as ``on_step(t, n_active)`` (e.g. a progress bar).
+        until_converged: Also stop a run (status ``"budget"``, ``steps`` < budget) once its
+            full-batch gradient norm at theta_t is small
+            (:func:`synaprune.bench.kinds.gradient_threshold` with ``grad_tol``): it is frozen
+            and its slot takes no more updates; up to that step it is bit-identical to the
+            run without the rule.
+        grad_tol: Absolute gradient tolerance of the stopping rule and the classification;
+            None for the relative default (:data:`synaprune.bench.kinds.REL_GRAD_TOL`).
+        classify: Set each result's ``kind`` (and ``min_eig``, ``saddle_index`` where the
+            gradient is small) after training, :func:`synaprune.bench.kinds.classify_results`.
 
     Returns:
-        One :class:`RunResult` per seed, in the order of ``seeds``.
+        One :class:`RunResult` per seed, in the order of ``seeds``, with ``cost`` in
+        gradient-equivalents (:func:`synaprune.bench.cost.step_cost` per step taken).
 
     Raises:
         ValueError: If the method cannot train the problem, ``seeds`` is empty or has
@@ -444,7 +519,39 @@ def run_seeds(
     results: list[RunResult | None] = [None] * n
     active = torch.ones(n, dtype=torch.bool)
     best = torch.full((n,), math.inf, dtype=torch.float64)
+    cost = torch.zeros(n, dtype=torch.float64)
+    base_cost = step_cost(method, problem)
+    half = steps // 2
+    tail_start = torch.full((n,), math.nan, dtype=torch.float64)
+    tail_rise = torch.zeros(n, dtype=torch.float64)
+    previous = torch.zeros(n, dtype=torch.float64)
     frozen = {k: torch.zeros_like(v) for k, v in params.items()}
+
+    def finish(stop: Tensor, t: int, full_list: list[float]) -> None:
+        """Record the results of the seeds in ``stop`` at theta_t and freeze them."""
+        stop_idx = stop.nonzero().flatten().tolist()
+        finals = {k: v.detach()[stop] for k, v in params.items()}
+        final_norms = v_grad_norm(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
+        for j, i in enumerate(stop_idx):
+            loss_i = full_list[i]
+            status = ("diverged" if not math.isfinite(loss_i)
+                      else "ok" if problem.solved(loss_i) else "budget")
+            final_norm = _finite_or_none(final_norms[j]) if status != "diverged" else None
+            curves[i].append([t, _finite_or_none(loss_i), final_norm])
+            results[i] = RunResult(
+                seed=seeds[i], status=status, success=status == "ok", final_loss=loss_i,
+                best_loss=float(best[i]), steps=t,
+                steps_to_success=t if status == "ok" else None, wall_time=0.0,
+                curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
+                final_grad_norm=final_norm, cost=float(cost[i]),
+                tail_start=None if t < half else _finite_or_none(float(tail_start[i])),
+                tail_rise=float(tail_rise[i]),
+            )
+        with torch.no_grad():
+            for k, v in params.items():
+                frozen[k] = torch.where(view(stop, v), v.detach().nan_to_num(0.0, 0.0, 0.0),
+                                        frozen[k])
+
     for t in range(steps + 1):
         if samplers or penalty is not None:
             with torch.no_grad():
@@ -454,31 +561,17 @@ def run_seeds(
             full = losses.detach()
         best = torch.fmin(best, torch.where(torch.isfinite(full), full, math.inf))
         finite = torch.isfinite(full)
+        if t == half:
+            tail_start = full.clone()
+        elif t > half:
+            tail_rise += torch.where(active & finite, (full - previous).clamp(min=0.0), 0.0)
+        previous = full
         solved = finite & (full <= problem.global_loss + problem.tolerance)
         stop = active & (~finite | solved | (t == steps))
         idx_active = active.nonzero().flatten().tolist()
         full_list = full.tolist()
         if stop.any():
-            stop_idx = stop.nonzero().flatten().tolist()
-            finals = {k: v.detach()[stop] for k, v in params.items()}
-            final_norms = v_grad_norm(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
-            for j, i in enumerate(stop_idx):
-                loss_i = full_list[i]
-                status = ("diverged" if not math.isfinite(loss_i)
-                          else "ok" if problem.solved(loss_i) else "budget")
-                final_norm = _finite_or_none(final_norms[j]) if status != "diverged" else None
-                curves[i].append([t, _finite_or_none(loss_i), final_norm])
-                results[i] = RunResult(
-                    seed=seeds[i], status=status, success=status == "ok", final_loss=loss_i,
-                    best_loss=float(best[i]), steps=t,
-                    steps_to_success=t if status == "ok" else None, wall_time=0.0,
-                    curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
-                    final_grad_norm=final_norm,
-                )
-            with torch.no_grad():
-                for k, v in params.items():
-                    frozen[k] = torch.where(view(stop, v), v.detach().nan_to_num(0.0, 0.0, 0.0),
-                                            frozen[k])
+            finish(stop, t, full_list)
             active = active & ~stop
             idx_active = active.nonzero().flatten().tolist()
         if not idx_active:
@@ -496,6 +589,24 @@ def run_seeds(
                 active, batched_data=bool(samplers))
             for k, v in params.items():
                 v.grad = total[k]
+        if until_converged:
+            with torch.no_grad():
+                if samplers or penalty is not None:
+                    norms_t = v_grad_norm({k: v.detach() for k, v in params.items()}, buffers)
+                else:  # .grad is the full-batch gradient of each active seed's loss
+                    norms_t = sum(torch.zeros(n, dtype=torch.float64) if v.grad is None
+                                  else v.grad.reshape(n, -1).square().sum(1)
+                                  for v in params.values()).sqrt()  # type: ignore[union-attr]
+                theta_t = sum(v.detach().reshape(n, -1).square().sum(1)
+                              for v in params.values()).sqrt()  # type: ignore[union-attr]
+                converged = active & (norms_t <= gradient_threshold(problem, full, theta_t,
+                                                                    grad_tol))
+            if converged.any():
+                finish(converged, t, full_list)
+                active = active & ~converged
+                idx_active = active.nonzero().flatten().tolist()
+                if not idx_active:
+                    break
         with torch.no_grad():
             _fill_and_mask(params, active)
             sumsq: dict[str, Tensor] | None = None
@@ -551,6 +662,9 @@ def run_seeds(
             opt.step(closure)
         else:
             opt.step()
+        # float64 throughout: torch.where of Python scalars would make float32
+        cost += torch.where(active, torch.as_tensor(base_cost + _hvps_cost(opt),
+                                                    dtype=torch.float64), 0.0)
         if not bool(active.all()):
             with torch.no_grad():
                 for k, v in params.items():
@@ -563,4 +677,6 @@ def run_seeds(
         assert r is not None
         r.wall_time = elapsed
         out.append(r)
+    if classify:  # after training, once per run: never on the training path
+        classify_results(problem, out, grad_tol)
     return out

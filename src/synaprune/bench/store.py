@@ -14,9 +14,12 @@ those two files, the database is opened ``immutable`` (no locks, no shared memor
 only done when no ``-wal`` or ``-journal`` file with content lies beside it, since such a file
 may hold committed rows that an immutable reader would silently miss.
 
-Schema changes: ``final_grad_norm`` was added after the first databases were written. Opening
-an older database for writing adds the column (``ALTER TABLE``, NULL for the old rows); opening
-it read-only leaves the file alone and reads the column as NULL.
+Schema changes: ``final_grad_norm``, then ``kind``, ``min_eig``, ``saddle_index``, ``cost`` and
+``stop_rule`` were added after the first databases were written (:data:`_ADDED_COLUMNS`).
+Opening an older database for writing adds them (``ALTER TABLE``, NULL for the old rows);
+opening it read-only leaves the file alone and reads them as NULL. NULL means "not recorded",
+never a value: readers say so (``results`` shows ``not recorded``) instead of counting such a
+run as any kind.
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ CREATE TABLE IF NOT EXISTS runs (
     params BLOB NOT NULL,             -- torch.save of {name: tensor}
     created REAL NOT NULL,
     final_grad_norm REAL,             -- ||grad L|| at the final parameters; NULL when unknown
+    kind TEXT,                        -- how the run ended (KINDS); NULL when not recorded
+    min_eig REAL,                     -- smallest Hessian eigenvalue at the end; NULL: not computed
+    saddle_index INTEGER,             -- negative Hessian eigenvalues found; NULL if not computed
+    cost REAL,                        -- cost in gradient-equivalents; NULL when not recorded
+    stop_rule TEXT,                   -- stopping rule and gradient tolerance; NULL: the default
     UNIQUE (problem, method, seed, budget)
 )
 """
@@ -70,11 +78,13 @@ CREATE TABLE IF NOT EXISTS runs (
 RESULT_COLUMNS = (
     "problem", "problem_name", "problem_params", "method", "method_name", "method_options",
     "seed", "budget", "final_loss", "best_loss", "steps", "steps_to_success", "wall_time",
-    "status", "success", "curve", "final_grad_norm",
+    "status", "success", "curve", "final_grad_norm", "kind", "min_eig", "saddle_index", "cost",
+    "stop_rule",
 )
 
 # Columns added after the first databases were written: name -> SQL type (NULL for old rows).
-_ADDED_COLUMNS = {"final_grad_norm": "REAL"}
+_ADDED_COLUMNS = {"final_grad_norm": "REAL", "kind": "TEXT", "min_eig": "REAL",
+                  "saddle_index": "INTEGER", "cost": "REAL", "stop_rule": "TEXT"}
 
 
 def _params_to_bytes(params: dict[str, Tensor]) -> bytes:
@@ -145,6 +155,11 @@ class StoredRun:
         final_loss: Training loss at the end (nan when it was NaN or infinite).
         final_grad_norm: Gradient norm at the final parameters; None when unknown (diverged,
             or a database written before the column existed).
+        kind: How the run ended (one of :data:`synaprune.bench.kinds.KINDS`); None when not
+            recorded.
+        min_eig: Smallest Hessian eigenvalue at the final parameters; None if not computed.
+        saddle_index: Number of negative Hessian eigenvalues found; None if not computed.
+        cost: Cost of the run in gradient-equivalents; None when not recorded.
         params: Final parameters by name, loaded with ``torch.load(..., weights_only=True)``.
     """
 
@@ -158,6 +173,10 @@ class StoredRun:
     final_loss: float
     final_grad_norm: float | None
     params: dict[str, Tensor] = field(repr=False)
+    kind: str | None = None
+    min_eig: float | None = None
+    saddle_index: int | None = None
+    cost: float | None = None
 
 
 class ResultStore:
@@ -253,8 +272,18 @@ class ResultStore:
         )
         return {int(r[0]) for r in rows}
 
+    def stop_rules(self, problem: Problem, method: Method, budget: int) -> set[str | None]:
+        """The stopping rules (:func:`synaprune.bench.sweep.stop_rule`) of the stored runs of
+        this (problem, method, budget); None is the default rule (run to the budget, the
+        default gradient tolerance) and every run written before the column existed."""
+        rows = self.conn.execute(
+            f"SELECT DISTINCT {self._select(['stop_rule'])} FROM runs "
+            "WHERE problem = ? AND method = ? AND budget = ?",
+            (problem.spec, method.spec, budget))
+        return {r[0] for r in rows}
+
     def write(self, problem: Problem, method: Method, budget: int,
-              results: Iterable[RunResult]) -> int:
+              results: Iterable[RunResult], stop_rule: str | None = None) -> int:
         """Write the runs of one batch in a single transaction; already stored runs are kept.
 
         Args:
@@ -262,6 +291,7 @@ class ResultStore:
             method: The method.
             budget: Step budget of the runs.
             results: The batch's results.
+            stop_rule: The runs' stopping rule (None: the default).
 
         Returns:
             Number of rows inserted.
@@ -273,7 +303,8 @@ class ResultStore:
             (problem.spec, problem.name, problem_params, method.spec, method.name,
              method_options, r.seed, budget, _real(r.final_loss), _real(r.best_loss), r.steps,
              r.steps_to_success, r.wall_time, r.status, int(r.success),
-             json.dumps(r.curve), _params_to_bytes(r.params), now, _real(r.final_grad_norm))
+             json.dumps(r.curve), _params_to_bytes(r.params), now, _real(r.final_grad_norm),
+             r.kind, _real(r.min_eig), r.saddle_index, _real(r.cost), stop_rule)
             for r in results
         ]
         with self.conn:
@@ -281,8 +312,8 @@ class ResultStore:
                 "INSERT OR IGNORE INTO runs (problem, problem_name, problem_params, method, "
                 "method_name, method_options, seed, budget, final_loss, best_loss, steps, "
                 "steps_to_success, wall_time, status, success, curve, params, created, "
-                "final_grad_norm) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "final_grad_norm, kind, min_eig, saddle_index, cost, stop_rule) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return cursor.rowcount
@@ -301,7 +332,8 @@ class ResultStore:
             One dict per run with the keys of :data:`RESULT_COLUMNS` plus ``id``;
             ``problem_params``, ``method_options`` and ``curve`` decoded from JSON;
             ``success`` a bool; a NULL ``final_loss`` (NaN) as ``nan``; a NULL
-            ``final_grad_norm`` (unknown) as None.
+            ``final_grad_norm``, ``kind``, ``min_eig``, ``saddle_index`` or ``cost`` (not
+            recorded: an older database or row, or not computed) as None.
         """
         query = f"SELECT id, {self._select(RESULT_COLUMNS)} FROM runs"
         args: list[str] = []
@@ -370,7 +402,7 @@ class ResultStore:
         if isinstance(run_id, bool) or not isinstance(run_id, int):
             raise TypeError(f"Invalid run id {run_id!r}; expected an int")
         columns = ("id", "problem", "method", "seed", "budget", "status", "steps", "final_loss",
-                   "final_grad_norm", "params")
+                   "final_grad_norm", "params", "kind", "min_eig", "saddle_index", "cost")
         row = self.conn.execute(f"SELECT {self._select(columns)} FROM runs WHERE id = ?",
                                 (run_id,)).fetchone()
         if row is None:
@@ -384,5 +416,8 @@ class ResultStore:
             final_loss=math.nan if row["final_loss"] is None else float(row["final_loss"]),
             final_grad_norm=(None if row["final_grad_norm"] is None
                              else float(row["final_grad_norm"])),
-            params=params,
+            params=params, kind=row["kind"],
+            min_eig=None if row["min_eig"] is None else float(row["min_eig"]),
+            saddle_index=None if row["saddle_index"] is None else int(row["saddle_index"]),
+            cost=None if row["cost"] is None else float(row["cost"]),
         )

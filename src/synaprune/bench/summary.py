@@ -17,10 +17,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from synaprune.bench.kinds import KIND_LABELS, KINDS
 from synaprune.bench.methods import method_label
 
-__all__ = ["FORMATS", "Summary", "check_format", "format_summaries", "summarize",
+__all__ = ["FORMATS", "KIND_FIELDS", "Summary", "check_format", "format_summaries", "summarize",
            "wilson_interval"]
+
+# The Summary fields counting runs by kind, in KINDS order, then the runs without a kind (an
+# older database or row) and, with ``at_cost``, the runs that had not ended at that cost.
+KIND_FIELDS = (*(f"kind_{k}" for k in KINDS), "kind_not_recorded", "kind_unfinished")
 
 FORMATS = ("text", "csv", "json")
 _ALIASES = {"table": "text"}  # the name before "text" was chosen for every command
@@ -89,6 +94,18 @@ class Summary:
         median_final_loss: Median final loss, a diverged run counting as +inf.
         median_steps_to_success: Median over successful runs, None if none succeeded.
         time_per_run: Mean wall time per run, seconds.
+        kind_global, kind_spurious, kind_saddle, kind_moving, kind_unstable, kind_diverged:
+            Runs of each kind (:mod:`synaprune.bench.kinds`).
+        kind_not_recorded: Runs stored without a kind (an older database or row).
+        kind_unfinished: With ``at_cost``: runs whose cost exceeded it before they ended (their
+            kind at that cost is unknown); 0 otherwise.
+        median_cost: Median cost per run in gradient-equivalents over the runs that recorded
+            one (None if none did).
+        cost_not_recorded: Runs stored without a cost.
+        at_cost: The cost C the success counts are taken at (None: at the run's end).
+        stop_rule: The runs' stopping rule (:func:`synaprune.bench.sweep.stop_rule`, None:
+            the default); several are joined with ``|`` (a cell never mixes them when written
+            by ``bench``).
     """
 
     problem: str
@@ -103,25 +120,67 @@ class Summary:
     median_final_loss: float
     median_steps_to_success: float | None
     time_per_run: float
+    kind_global: int = 0
+    kind_spurious: int = 0
+    kind_saddle: int = 0
+    kind_moving: int = 0
+    kind_unstable: int = 0
+    kind_diverged: int = 0
+    kind_not_recorded: int = 0
+    kind_unfinished: int = 0
+    median_cost: float | None = None
+    cost_not_recorded: int = 0
+    at_cost: float | None = None
+    stop_rule: str | None = None
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
+def _at_cost(row: dict[str, Any], at_cost: float | None) -> dict[str, Any]:
+    """The row as seen at cumulative cost C: a run that ended within C is unchanged; one that
+    cost more had not ended at C, so it is no success and its kind is ``unfinished``. (A run
+    stops at its first success, so "success within C" is "success and cost <= C".)"""
+    if at_cost is None or row.get("cost") is None or row["cost"] <= at_cost:
+        return row
+    return {**row, "success": False, "kind": "unfinished", "steps_to_success": None}
+
+
+def summarize(rows: Iterable[dict[str, Any]], *, at_cost: float | None = None
+              ) -> list[Summary]:
     """Group runs by (problem, method, budget) and summarise each group.
 
     Args:
         rows: Runs as returned by :meth:`ResultStore.rows` (keys ``problem``, ``method``,
             ``budget``, ``success``, ``status``, ``final_loss``, ``steps_to_success``,
-            ``wall_time``).
+            ``wall_time``; optionally ``kind``, ``cost``, ``stop_rule``).
+        at_cost: Count successes at this cumulative cost C (gradient-equivalents) instead of
+            at the end: a run succeeds at C when it succeeded and its cost (which stops growing
+            at its first success) is <= C. Runs without a recorded cost cannot be judged:
+            they are left out (``runs`` does not count them; ``cost_not_recorded`` does).
 
     Returns:
         Summaries sorted by problem, method, budget.
+
+    Raises:
+        ValueError: If ``at_cost`` is not a positive number.
     """
+    if at_cost is not None and not (at_cost > 0 and math.isfinite(at_cost)):
+        raise ValueError(f"Invalid at_cost: {at_cost}; must be a positive number")
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["problem"], row["method"], int(row["budget"])), []).append(row)
     out = []
-    for (problem, method, budget), group in sorted(groups.items()):
+    for (problem, method, budget), every in sorted(groups.items()):
+        no_cost = sum(1 for r in every if r.get("cost") is None)
+        group = [_at_cost(r, at_cost) for r in every
+                 if at_cost is None or r.get("cost") is not None]
+        if not group:
+            continue
         n = len(group)
+        kinds = {f: 0 for f in KIND_FIELDS}
+        for r in group:
+            kind = r.get("kind")
+            kinds["kind_not_recorded" if kind is None else f"kind_{kind}"] += 1
+        costs = [float(r["cost"]) for r in every if r.get("cost") is not None]
+        rules = sorted({str(r.get("stop_rule")) for r in every if r.get("stop_rule")})
         wins = sum(1 for r in group if r["success"])
         low, high = wilson_interval(wins, n)
         losses = [r["final_loss"] if math.isfinite(r["final_loss"]) else math.inf
@@ -135,8 +194,42 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
             median_steps_to_success=(float(statistics.median(to_success)) if to_success
                                      else None),
             time_per_run=statistics.fmean(float(r["wall_time"]) for r in group),
+            **kinds, median_cost=float(statistics.median(costs)) if costs else None,
+            cost_not_recorded=no_cost, at_cost=at_cost,
+            stop_rule="|".join(rules) if rules else None,
         ))
     return out
+
+
+def _aligned(lines: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as text: the first column left-aligned, the others right-aligned, a rule
+    under the header (the first row)."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = []
+    for j, line in enumerate(lines):
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
+        text.append("  ".join(cells).rstrip())
+        if j == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return text
+
+
+def _kinds_table(group: Sequence[Summary]) -> list[str]:
+    """How the runs ended, a row per method: counts of each kind, then the runs stored
+    without a kind ("not recorded") and, at a cost, those unfinished by then; and the median
+    cost per run in gradient-equivalents."""
+    fields = [f for f in KIND_FIELDS
+              if f not in ("kind_not_recorded", "kind_unfinished")
+              or any(getattr(s, f) for s in group)]
+    names = {f"kind_{k}": KIND_LABELS[k] for k in KINDS}
+    names.update(kind_not_recorded="not recorded", kind_unfinished="unfinished at cost")
+    lines = [["how runs ended", "steps", *(names[f] for f in fields), "median cost"]]
+    for s in group:
+        lines.append([method_label(s.method), str(s.budget),
+                      *(str(getattr(s, f)) for f in fields),
+                      "not recorded" if s.median_cost is None else f"{s.median_cost:.4g}"])
+    return _aligned(lines)
 
 
 def _table(summaries: Sequence[Summary]) -> str:
@@ -155,14 +248,20 @@ def _table(summaries: Sequence[Summary]) -> str:
                 "-" if s.median_steps_to_success is None else f"{s.median_steps_to_success:g}",
                 f"{s.time_per_run:.3g} s",
             ])
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = [f"problem: {problem}"]
-        for j, line in enumerate(lines):
-            cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
-                     for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
-            text.append("  ".join(cells).rstrip())
-            if j == 0:
-                text.append("  ".join("-" * w for w in widths))
+        group = [s for s in summaries if s.problem == problem]
+        at = {s.at_cost for s in group} - {None}
+        if at:
+            text.append(f"success at cost {min(at):g} gradient-equivalents: a run counts if it "
+                        "succeeded within that cost; losses, times and median cost are at the "
+                        "runs' ends; runs without a recorded cost left out: "
+                        f"{sum(s.cost_not_recorded for s in group)}")
+        rules = {s.stop_rule for s in group} - {None}
+        if rules:
+            text.append("stopping rule: " + "; ".join(sorted(str(r) for r in rules)))
+        text.extend(_aligned(lines))
+        text.append("")
+        text.extend(_kinds_table(group))
         blocks.append("\n".join(text))
     return "\n\n".join(blocks) if blocks else "no runs"
 
