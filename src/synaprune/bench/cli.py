@@ -192,6 +192,21 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ListMethods(argparse.Action):
+    """``bench --list``: print the methods and their options, then exit (like ``--version``,
+    so that the required ``--problem`` and ``--method`` are not needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from synaprune.bench.methods import describe_methods
+
+        print(describe_methods())
+        parser.exit(0)
+
+
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the main parser's subparsers.
 
@@ -224,6 +239,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="options not given in a method spec: 'tuned' (default) takes the values "
                         "tuned on each problem (docs/tuning.md), 'plain' the method's own")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--list", action=_ListMethods,
+                   help="print every method with its options and defaults, and exit")
     p.set_defaults(func=cmd_bench)
     return p
 

@@ -32,6 +32,7 @@ from synaprune.optim.noise import (
     add_weight_noise,
     guard_rejects,
 )
+from synaprune.optim.presets import preset_options
 from synaprune.optim.schedules import (
     BLEND_SCHEDULES,
     DECAY_TO_ZERO,
@@ -175,6 +176,11 @@ class SynaPrune(Optimizer):
             or above (1 + r) times its loss before the kick. It needs ``step(guard=fn)``, fn
             returning the loss at the current parameters (see :meth:`step`); each kicked step
             then costs two extra loss evaluations. None: no guard.
+        preset: ``"escape"`` sets mechanism B for a budget of ``total_steps`` steps
+            (:mod:`synaprune.optim.presets`): noise on every step, sigma_0 = 0.2 decaying
+            linearly to 0 over the first 60 % of the steps. No other mechanism-B option may be
+            given with it. None: no preset.
+        total_steps: the training budget in optimizer steps, for ``preset``.
         noise_trigger: ``"always"`` or ``"stall"``: kick only after the gradient norm stayed below
             ``stall_threshold`` [1e-3] for ``stall_steps`` [10] steps, then wait
             ``noise_cooldown`` [50] steps.
@@ -234,11 +240,23 @@ class SynaPrune(Optimizer):
         stall_threshold: float | None = None,
         stall_steps: int | None = None,
         noise_cooldown: int | None = None,
+        preset: str | None = None,
+        total_steps: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | None = None,
         num_models: int | None = None,
         distributed: bool | None = None,
     ) -> None:
+        if preset is not None or total_steps is not None:
+            b = preset_options(preset, total_steps, dict(
+                noise=noise, noise_schedule=noise_schedule, noise_decay=noise_decay,
+                noise_gamma=noise_gamma, noise_eps=noise_eps, noise_clip=noise_clip,
+                noise_steps=noise_steps, noise_shape=noise_shape, noise_guard=noise_guard,
+                noise_trigger=noise_trigger, stall_threshold=stall_threshold,
+                stall_steps=stall_steps, noise_cooldown=noise_cooldown))
+            noise, noise_schedule, noise_steps = b["noise"], b["noise_schedule"], b["noise_steps"]
+            noise_trigger, noise_clip = b["noise_trigger"], b["noise_clip"]
+            noise_guard = b.get("noise_guard")
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if base not in BASES:
