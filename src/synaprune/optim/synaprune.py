@@ -176,14 +176,14 @@ class SynaPrune(Optimizer):
             or above (1 + r) times its loss before the kick. It needs ``step(guard=fn)``, fn
             returning the loss at the current parameters (see :meth:`step`); each kicked step
             then costs two extra loss evaluations. None: no guard.
-        preset: ``"escape"`` sets mechanism B for a budget of ``total_steps`` steps
-            (:mod:`synaprune.optim.presets`): noise on every step, sigma_0 = 0.2 decaying
-            linearly to 0 over the first 60 % of the steps. No other mechanism-B option may be
-            given with it. None: no preset.
-        total_steps: the training budget in optimizer steps, for ``preset``.
         noise_trigger: ``"always"`` or ``"stall"``: kick only after the gradient norm stayed below
             ``stall_threshold`` [1e-3] for ``stall_steps`` [10] steps, then wait
             ``noise_cooldown`` [50] steps.
+        preset: ``"escape"`` sets mechanism B for a budget of ``total_steps`` steps
+            (:mod:`synaprune.optim.presets`): noise on every step, sigma_0 decaying linearly
+            to 0 over the first part of the budget (values: ``presets.ESCAPE``). No other
+            mechanism-B option may be given with it. None: no preset.
+        total_steps: the training budget in optimizer steps, for ``preset``.
         generator: ``torch.Generator`` for the noise (in stacked mode, a sequence of
             ``num_models`` of them); or give ``seed`` (model s of a stack gets ``seed + s``).
             Without either, seeds are drawn from torch's global generator, so
