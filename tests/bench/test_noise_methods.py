@@ -112,3 +112,17 @@ def test_bench_list_shows_every_method_and_the_new_options(capsys) -> None:
     for key in NEW_B:
         assert f"  {key}=" in b
     assert "synaprune-escape\n  lr=0.1" in out
+
+
+def test_a_filter_on_an_added_option_matches_runs_stored_without_it() -> None:
+    """Runs whose options lack an added option (stored before it existed, or at its default)
+    have its default: `results --method synaprune-b:noise_guard=none` finds them."""
+    from synaprune.bench._runs import method_matcher
+
+    old = {"method_name": "synaprune-b", "method_options": get_method("synaprune-b").options}
+    assert "noise_guard" not in old["method_options"]
+    assert method_matcher(["synaprune-b:noise_guard=none"])(old)
+    assert not method_matcher(["synaprune-b:noise_guard=0.5"])(old)
+    guarded = {"method_name": "synaprune-b",
+               "method_options": get_method("synaprune-b:noise_guard=0.5").options}
+    assert method_matcher(["synaprune-b:noise_guard=0.5"])(guarded)
