@@ -52,6 +52,16 @@ CASES = [
     ("teacher-student:exact=false,k=4,N=60", "synaprune-c:lr=0.3,beta=0.1", 40),
     ("gaussians:N=40", "synaprune-bc:lr=0.3,beta=0.1,noise=0.1,noise_trigger=always", 40),
 ]
+# Mechanism B relative to the budget, the isotropic ablation and the loss guard (issue 9).
+CASES += [
+    ("teacher-student:k=4", "synaprune-b:lr=0.5,noise=0.3,noise_schedule=linear,noise_steps=40,"
+     "noise_trigger=always,noise_guard=0.05", 60),  # guard: [S] losses, kicks undone per seed
+    ("spirals:N=40", "synaprune-ab:batch_size=8,noise=0.2,noise_schedule=cosine,noise_steps=20,"
+     "noise_trigger=always,noise_guard=0.1", 30),  # guard on the step's own minibatch
+    ("xor:hidden=3", "synaprune-b:lr=2,noise=0.2,noise_schedule=linear,noise_steps=30,"
+     "noise_trigger=always,noise_shape=isotropic", 50),
+    ("teacher-student:k=4", "synaprune-escape:lr=0.5", 60),  # total_steps = the budget
+]
 IDS = [f"{p}|{m}" for p, m, _ in CASES]
 
 

@@ -12,7 +12,19 @@ CASES = {
     "stall": dict(noise=0.05, noise_trigger="stall", stall_threshold=0.5, stall_steps=2,
                   noise_cooldown=3),
     "adam-anneal-clip": dict(base="adam", noise=0.2, noise_schedule="anneal", noise_clip=0.1),
+    "linear-isotropic": dict(noise=0.3, noise_schedule="linear", noise_steps=15,
+                             noise_shape="isotropic", noise_eps=1e-3),
+    "cosine-clip": dict(noise=0.3, noise_schedule="cosine", noise_steps=20, noise_clip=0.2),
+    "linear-guard": dict(noise=0.8, noise_schedule="linear", noise_steps=20, noise_guard=0.1),
+    "stall-guard-isotropic": dict(noise=0.8, noise_trigger="stall", stall_threshold=0.5,
+                                  stall_steps=2, noise_cooldown=1, noise_guard=0.1,
+                                  noise_shape="isotropic"),
 }
+
+
+def _loss(params: list[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """Per-model loss of the bowl of _grad_fn, 0.5 * scale_m * ||theta_m||^2: [S]."""
+    return 0.5 * scale * sum(p.reshape(scale.numel(), -1).square().sum(1) for p in params)
 
 
 def _grad_fn(params: list[torch.Tensor], scale: torch.Tensor) -> list[torch.Tensor]:
@@ -38,17 +50,26 @@ def test_stacked_models_equal_separate_runs(options):
         singles.append(params)
         opts.append(SynaPrune(params, lr=0.1, generator=torch.Generator().manual_seed(10 + m),
                               **options))
+    guarded = options.get("noise_guard") is not None
     for _ in range(25):
         for p, gr in zip(stacked, _grad_fn(stacked, scale), strict=True):
             p.grad = gr.detach().clone()
-        opt.step()
+        opt.step(**({"guard": lambda: _loss(stacked, scale)} if guarded else {}))
         for m in range(s):
             for p, gr in zip(singles[m], _grad_fn(singles[m], scale[m:m + 1]), strict=True):
                 p.grad = gr.detach().clone()
-            opts[m].step()
+            def guard(m: int = m) -> torch.Tensor:
+                return _loss([p[None] for p in singles[m]], scale[m:m + 1])
+
+            opts[m].step(**({"guard": guard} if guarded else {}))
     for m in range(s):
         for ps, p1 in zip(stacked, singles[m], strict=True):
-            assert torch.equal(ps[m], p1)
+            # Bit-equal where every operation is elementwise or per slice; the guard's loss is
+            # a reduction whose rounding may differ, hence 1e-12 (float64), not equality.
+            torch.testing.assert_close(ps[m], p1, rtol=0, atol=1e-12 if guarded else 0)
+    if guarded:
+        assert opt.rejected == [o.rejected[0] for o in opts]
+        assert sum(opt.rejected) > 0  # the guard really acted
     kicks = [t.kicks for t in opt.triggers]
     assert kicks == [o.triggers[0].kicks for o in opts]
     if options.get("noise_trigger") == "stall":

@@ -48,23 +48,27 @@ def method_matcher(specs: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
         >>> match({"method_name": "adam", "method_options": {"lr": 0.01, "eps": 1e-8}})
         False
     """
-    wanted: list[tuple[str, dict[str, Any]]] = []
+    wanted: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     for spec in specs:
         name, raw = parse_spec(spec, "method")
         if name not in list_methods():
             raise ValueError(f"Unknown method '{name}'; choose from: {', '.join(list_methods())}")
-        options = get_method(spec).options  # validates names and values
         # JSON round trip: compared with the stored JSON (tuples as lists)
-        typed = {k: json.loads(json.dumps(options[k])) for k in raw}
-        wanted.append((name, typed))
+        method = get_method(spec)
+        typed = {k: json.loads(json.dumps(getattr(method, k))) for k in raw}
+        # An option added after runs were stored is left out of their options (and of new
+        # runs' while at its default, Method._spec_fields): missing means its default.
+        plain = get_method(name)
+        unset = {k: json.loads(json.dumps(getattr(plain, k))) for k in raw}
+        wanted.append((name, typed, unset))
 
     def match(row: dict[str, Any]) -> bool:
         if not wanted:
             return True
         stored = row["method_options"]
         return any(row["method_name"] == name
-                   and all(k in stored and stored[k] == v for k, v in typed.items())
-                   for name, typed in wanted)
+                   and all(stored.get(k, unset[k]) == v for k, v in typed.items())
+                   for name, typed, unset in wanted)
 
     return match
 

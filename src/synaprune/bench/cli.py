@@ -257,6 +257,21 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ListMethods(argparse.Action):
+    """``bench --list``: print the methods and their options, then exit (like ``--version``,
+    so that the required ``--problem`` and ``--method`` are not needed)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from synaprune.bench.methods import describe_methods
+
+        print(describe_methods())
+        parser.exit(0)
+
+
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the main parser's subparsers.
 
@@ -303,6 +318,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "machine's CPUs), ADDRESS a cluster's head (HOST:PORT or "
                         "ray://HOST:10001); this process alone writes --db, block by block; "
                         "--threads is then each task's threads and CPUs")
+    p.add_argument("--list", action=_ListMethods,
+                   help="print every method with its options and defaults, and exit")
     p.set_defaults(func=cmd_bench)
     return p
 

@@ -26,6 +26,10 @@ Available methods:
   deterministic.
 * ``saddle-free-newton``: :class:`synaprune.SaddleFreeNewton` (Dauphin et al. 2014), full
   batch, for small models: |H|^-1 g in a Krylov subspace; needs a loss closure.
+* ``synaprune-escape``: ``SynaPrune(preset="escape")``, mechanism B on a schedule relative to
+  the run's budget (:class:`EscapeMethod`).
+
+``synaprune bench --list`` prints every method with its options (:func:`describe_methods`).
 
 Noise: :meth:`Method.make_optimizer` takes ``generator``, one ``torch.Generator`` (one model)
 or a sequence of S of them (stacked ``[S, ...]`` parameters, model s draws from generator s
@@ -79,6 +83,7 @@ from synaprune.optim import SAM, GradientNoise, PerturbedGD, SaddleFreeNewton, S
 __all__ = [
     "PLANNED_METHODS",
     "Adam",
+    "EscapeMethod",
     "GradientDescent",
     "GradientNoiseMethod",
     "Method",
@@ -88,6 +93,7 @@ __all__ = [
     "SAMMethod",
     "SaddleFreeNewtonMethod",
     "SynaPruneMethod",
+    "describe_methods",
     "get_method",
     "list_methods",
     "method_label",
@@ -157,7 +163,7 @@ class Method:
     def options(self) -> dict[str, Any]:
         """All options, resolved, as a JSON-friendly dict (tuples become lists)."""
         out: dict[str, Any] = {}
-        for name in self._option_fields():
+        for name in self._spec_fields():
             value = getattr(self, name)
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -165,7 +171,7 @@ class Method:
     @property
     def spec(self) -> str:
         """Canonical spec, ``name:key=value,...`` with every option, sorted by key."""
-        parts = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._option_fields())]
+        parts = [f"{k}={_format(getattr(self, k))}" for k in sorted(self._spec_fields())]
         return f"{self.name}:{','.join(parts)}" if parts else self.name
 
     @property
@@ -189,6 +195,25 @@ class Method:
     def _option_fields(self) -> dict[str, dataclasses.Field]:
         """The option fields of this method, by name."""
         return self._fields_of()
+
+    def _spec_fields(self) -> dict[str, dataclasses.Field]:
+        """The options :attr:`spec` and :attr:`options` list: every option, except one added
+        after runs were stored (``metadata["added"]``) while it is at its default, so that a
+        stored spec keeps naming the run it names (``tests/bench/data``)."""
+        return {k: f for k, f in self._option_fields().items()
+                if not (f.metadata.get("added") and getattr(self, k) == f.default)}
+
+    @property
+    def guard_loss(self) -> bool:
+        """Whether ``step`` takes ``guard=fn``, fn returning the loss at the current parameters
+        (forward only, same batch; in the seed-batched runner the [S] losses, one per seed):
+        SynaPrune's ``noise_guard``."""
+        return False
+
+    def for_budget(self, steps: int) -> Method:
+        """This method for a run of ``steps`` steps: options relative to the budget that were
+        left unset (``total_steps=none``) take it. Most methods do not depend on it."""
+        return self
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         """Build the ordinary optimizer for these parameters.
@@ -378,19 +403,23 @@ class SAMMethod(Method):
                    num_models=_num_models(generator))
 
 
-def _mech(mechanism: str, default: Any, kind: str, help: str) -> Any:
+def _mech(mechanism: str, default: Any, kind: str, help: str, *, added: bool = False) -> Any:
     """An option of SynaPrune mechanism ``mechanism`` (``"a"``, ``"b"`` or ``"c"``): only the
-    presets that use that mechanism have it."""
-    return field(default=default, metadata={"kind": kind, "help": help, "mechanism": mechanism})
+    presets that use that mechanism have it. ``added``: added after runs were stored, so the
+    spec lists it only when it differs from its default (:meth:`Method._spec_fields`)."""
+    meta = {"kind": kind, "help": help, "mechanism": mechanism}
+    return field(default=default, metadata={**meta, "added": True} if added else meta)
 
 
-# Options that mean something only with another option's value: (option, value).
-_ONLY_WITH: dict[str, tuple[str, str]] = {
-    "blend": ("aggregation", "blend"),
-    "noise_gamma": ("noise_schedule", "anneal"),
-    "stall_threshold": ("noise_trigger", "stall"),
-    "stall_steps": ("noise_trigger", "stall"),
-    "noise_cooldown": ("noise_trigger", "stall"),
+# Options that mean something only with another option's value: (option, values).
+_ONLY_WITH: dict[str, tuple[str, tuple[str, ...]]] = {
+    "blend": ("aggregation", ("blend",)),
+    "noise_gamma": ("noise_schedule", ("anneal",)),
+    "noise_decay": ("noise_schedule", ("exponential",)),
+    "noise_steps": ("noise_schedule", ("linear", "cosine")),
+    "stall_threshold": ("noise_trigger", ("stall",)),
+    "stall_steps": ("noise_trigger", ("stall",)),
+    "noise_cooldown": ("noise_trigger", ("stall",)),
 }
 
 # The presets, by the mechanisms they switch on; "abc" is registered as plain "synaprune".
@@ -450,9 +479,23 @@ class SynaPruneMethod(Method):
     blend_schedule: str = _mech("a", "constant", "str", "constant, linear or cosine decay of lam")
     blend_steps: int | None = _mech("a", None, "int?", "length of the lam decay")
     noise: float = _mech("b", 0.01, "float", "relative noise scale sigma_0")
-    noise_schedule: str = _mech("b", "constant", "str", "constant, exponential or anneal")
+    noise_schedule: str = _mech("b", "constant", "str",
+                                "constant, exponential, anneal, linear or cosine")
     noise_gamma: float = _mech("b", 0.55, "float", "anneal exponent")
     noise_clip: float | None = _mech("b", None, "float?", "cap on the relative kick; none: no cap")
+    # --- mechanism-B options added for issue 9 (helper noiseB) -------------------------------
+    noise_decay: float = _mech("b", 0.999, "float", "factor per step of the exponential schedule",
+                               added=True)
+    noise_eps: float = _mech("b", 1e-8, "float", "eps0: zero weights still move", added=True)
+    noise_steps: int | None = _mech("b", None, "int?",
+                                    "steps over which linear/cosine decay sigma to 0",
+                                    added=True)
+    noise_shape: str = _mech("b", "magnitude", "str",
+                             "magnitude (|theta|+eps0) or isotropic (rms per tensor)", added=True)
+    noise_guard: float | None = _mech("b", None, "float?",
+                                      "undo a kick raising the loss past (1+r)x; none: off",
+                                      added=True)
+    # ------------------------------------------------------------------------------------------
     noise_trigger: str = _mech("b", "stall", "str", "always or stall")
     stall_threshold: float = _mech("b", 1e-3, "float", "gradient norm of a stalled step")
     stall_steps: int = _mech("b", 10, "int", "stalled steps before a kick")
@@ -480,6 +523,11 @@ class SynaPruneMethod(Method):
     def penalty(self) -> tuple[float, float] | None:
         """``(beta, gamma)`` with mechanism C, else None."""
         return (self.beta, self.gamma) if "c" in self.mechanisms else None
+
+    @property
+    def guard_loss(self) -> bool:  # type: ignore[override]
+        """Mechanism B's loss guard is on."""
+        return "b" in self.mechanisms and self.noise_guard is not None
 
     @classmethod
     def _fields_of(cls, mechanisms: str = "abc") -> dict[str, dataclasses.Field]:
@@ -521,8 +569,9 @@ class SynaPruneMethod(Method):
                 continue
             value = getattr(self, f.name)
             needs = _ONLY_WITH.get(f.name)
-            if needs is not None and value == f.default and getattr(self, needs[0]) != needs[1]:
-                continue
+            if value == f.default and (f.metadata.get("added") or (
+                    needs is not None and getattr(self, needs[0]) not in needs[1])):
+                continue  # SynaPrune's own default is the same value
             out[f.name] = value
         return out
 
@@ -535,6 +584,68 @@ class SynaPruneMethod(Method):
             kwargs.update(noise=0.0, seed=0)
         return SynaPrune(params, distributed=False, num_models=_num_models(generator),
                          **kwargs)  # C: the runner's penalty
+
+
+# --- the escape preset (issue 9, helper noiseB) ----------------------------------------------
+
+@dataclass(frozen=True)
+class EscapeMethod(Method):
+    """``synaprune-escape``: ``SynaPrune(params, lr=lr, preset="escape",
+    total_steps=total_steps)`` (:mod:`synaprune.optim.presets`): plain (S)GD plus mechanism B
+    on every step, sigma decaying linearly to 0 over the first part of the budget.
+
+    ``total_steps=none`` (the default) is the run's budget (``synaprune bench --steps``):
+    :meth:`for_budget` fills it in, and the stored key (spec, budget) names the run. Defaults:
+    ``lr`` as ``gd``; the preset's own values were calibrated on held-out seeds
+    (``docs/tuning.md``, "The escape preset").
+    """
+
+    name: ClassVar[str] = "synaprune-escape"
+    stochastic: ClassVar[bool] = True
+    lr: float = _opt(0.1, "float", "step size")  # as gd
+    total_steps: int | None = _opt(None, "int?",
+                                   "budget the schedule is relative to; none: the run's")
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if self.total_steps is not None:
+            self.make_optimizer([torch.zeros(1, dtype=torch.float64, requires_grad=True)],
+                                torch.Generator())
+
+    @property
+    def guard_loss(self) -> bool:  # type: ignore[override]
+        from synaprune.optim.presets import ESCAPE
+
+        return ESCAPE.get("noise_guard") is not None
+
+    def for_budget(self, steps: int) -> Method:
+        return self if self.total_steps is not None else dataclasses.replace(
+            self, total_steps=max(1, steps))
+
+    def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
+        if self.total_steps is None:
+            raise ValueError("synaprune-escape needs total_steps (the training budget): give "
+                             "it, or let the runner set it (for_budget)")
+        return SynaPrune(params, lr=self.lr, preset="escape", total_steps=self.total_steps,
+                         generator=generator, num_models=_num_models(generator),
+                         distributed=False)
+
+
+def describe_methods() -> str:
+    """Every method with its options, defaults and help: what ``synaprune bench --list``
+    prints. Defaults are the method's own (``--defaults plain``); ``bench`` starts from the
+    values tuned per problem where there are some (``docs/tuning.md``)."""
+    lines = []
+    for name in list_methods():
+        cls, preset = _METHODS[name]
+        plain = get_method(name)
+        lines.append(name)
+        for key, f in sorted(cls._fields_of(**preset).items()):
+            lines.append(f"  {key}={_format(getattr(plain, key))}  "
+                         f"({f.metadata['kind']}) {f.metadata['help']}")
+    return "\n".join(lines)
+
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -581,6 +692,7 @@ _METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
     **{cls.name: (cls, {}) for cls in (GradientDescent, MinibatchSGD, Momentum, Adam,
                                        PerturbedGDMethod, GradientNoiseMethod, SAMMethod,
                                        SaddleFreeNewtonMethod)},
+    EscapeMethod.name: (EscapeMethod, {}),  # noiseB
     **{_preset_name(m): (SynaPruneMethod, {"mechanisms": m}) for m in _SYNAPRUNE_PRESETS},
 }
 

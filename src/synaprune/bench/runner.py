@@ -30,10 +30,16 @@ closure (``method.needs_closure``, e.g. ``sam``) get one that re-evaluates the l
 batch at the current parameters and back-propagates; methods that differentiate the loss
 themselves (``method.loss_closure``, ``saddle-free-newton``) get one that returns it with its
 graph and does not back-propagate (in :func:`run_seeds`: the sum over the active seeds).
+Methods with a loss guard (``method.guard_loss``, SynaPrune's ``noise_guard``) get
+``step(guard=fn)``, fn the training loss at the current parameters on the step's batch, forward
+only, without the penalty of mechanism C (in :func:`run_seeds`: the [S] losses, one per seed; a
+stopped seed's value is irrelevant, its parameters are restored after the step). Options
+relative to the budget left unset take it (``method.for_budget(steps)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -266,6 +272,7 @@ def run_single(
         ValueError: If the method cannot train the problem (see :func:`check_compatible`).
     """
     check_compatible(problem, method)
+    method = method.for_budget(steps)
     start = time.perf_counter()
     cost, base_cost = 0.0, step_cost(method, problem)
     tail_start: float | None = None
@@ -359,6 +366,16 @@ def run_single(
                 return again.detach()
 
             opt.step(closure)
+        elif method.guard_loss:
+
+            def guard(batch: Tensor | None = None if sampler is None else idx) -> Tensor:
+                with contextlib.ExitStack() as stack:
+                    if probe is not None:  # a forward pass the statistics must not see
+                        stack.enter_context(probe.paused())
+                    return (problem.loss(model) if batch is None
+                            else problem.loss(model, x_all[batch], y_all[batch]))
+
+            opt.step(guard=guard)
         else:
             opt.step()
         cost += base_cost + float(_hvps_cost(opt))
@@ -470,6 +487,7 @@ def run_seeds(
             duplicates, or ``steps < 0``.
     """
     check_compatible(problem, method)
+    method = method.for_budget(steps)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("Invalid seeds: need at least one")
@@ -660,6 +678,14 @@ def run_seeds(
                 return again.detach()
 
             opt.step(closure)
+        elif method.guard_loss:
+
+            def guard(batch: Tensor | None = idx if samplers else None) -> Tensor:
+                # One loss per seed, [S]: each seed's kick is judged on its own loss.
+                return (v_full(params, buffers) if batch is None
+                        else v_batch(params, buffers, x_all[batch], y_all[batch]))
+
+            opt.step(guard=guard)
         else:
             opt.step()
         # float64 throughout: torch.where of Python scalars would make float32

@@ -25,9 +25,17 @@ from torch.optim import Optimizer
 from synaprune.optim._stacked import check_stacked, resolve_generators
 from synaprune.optim.aggregation import AGGREGATIONS, aggregate
 from synaprune.optim.base import adam_update, sgd_update
-from synaprune.optim.noise import NOISE_TRIGGERS, StallTrigger, add_weight_noise
+from synaprune.optim.noise import (
+    NOISE_SHAPES,
+    NOISE_TRIGGERS,
+    StallTrigger,
+    add_weight_noise,
+    guard_rejects,
+)
+from synaprune.optim.presets import preset_options
 from synaprune.optim.schedules import (
     BLEND_SCHEDULES,
+    DECAY_TO_ZERO,
     NOISE_SCHEDULES,
     blend_weight,
     noise_scale,
@@ -82,10 +90,12 @@ def _check_consistent(options: dict[str, Any]) -> None:
         refuse(f"blend_steps={options['blend_steps']} with blend_schedule='constant'",
                "has no effect", "choose blend_schedule='linear' or 'cosine', or drop blend_steps")
     noise_options = [k for k in ("noise_decay", "noise_gamma", "noise_eps", "noise_clip",
-                                 "stall_threshold", "stall_steps", "noise_cooldown")
+                                 "noise_steps", "noise_guard", "stall_threshold",
+                                 "stall_steps", "noise_cooldown")
                      if options.get(k) is not None]
     noise_options += [k for k, off in (("noise_schedule", "constant"),
-                                       ("noise_trigger", "always"))
+                                       ("noise_trigger", "always"),
+                                       ("noise_shape", "magnitude"))
                       if options.get(k, off) != off]
     if not options.get("noise", 0.0) and noise_options:
         refuse(", ".join(sorted(noise_options)) + " with noise=0",
@@ -96,6 +106,13 @@ def _check_consistent(options: dict[str, Any]) -> None:
         if options.get(name) is not None and schedule != needs:
             refuse(f"{name} with noise_schedule={schedule!r}", "has no effect",
                    f"choose noise_schedule={needs!r} or drop {name}")
+    if options.get("noise_steps") is not None and schedule not in DECAY_TO_ZERO:
+        refuse(f"noise_steps with noise_schedule={schedule!r}", "has no effect",
+               "choose noise_schedule='linear' or 'cosine', or drop noise_steps")
+    if schedule in DECAY_TO_ZERO and options.get("noise", 0.0) and \
+            options.get("noise_steps") is None:
+        raise ValueError(f"Invalid noise_steps: None; a {schedule!r} noise_schedule needs "
+                         "noise_steps >= 1 (the steps over which sigma decays to 0)")
     stall = [k for k in ("stall_threshold", "stall_steps", "noise_cooldown")
              if options.get(k) is not None]
     if stall and options.get("noise_trigger", "always") != "stall":
@@ -141,15 +158,32 @@ class SynaPrune(Optimizer):
             ``mean``) over ``blend_steps`` steps; applies to ``"rms"`` and ``"blend"``.
         blend_steps: length of the decay (needed by ``"linear"`` and ``"cosine"``).
         noise: sigma_0, the relative weight-noise scale; 0 turns mechanism B off.
-        noise_schedule: ``"constant"``, ``"exponential"`` (sigma_0 * noise_decay**t) or
-            ``"anneal"`` (variance sigma_0**2 / (1 + t)**noise_gamma).
+        noise_schedule: ``"constant"``, ``"exponential"`` (sigma_0 * noise_decay**t),
+            ``"anneal"`` (variance sigma_0**2 / (1 + t)**noise_gamma), or ``"linear"`` /
+            ``"cosine"``: sigma_0 decayed to 0 over ``noise_steps`` steps, 0 from then on (no
+            noise is drawn once sigma_t is 0).
         noise_decay, noise_gamma: parameters of those schedules [0.999, 0.55].
+        noise_steps: T of the linear and cosine schedules (required by them).
         noise_eps: eps0, so that zero weights still move [1e-8].
-        noise_clip: cap on the relative kick |sigma_t * xi| per coordinate (the guard against
+        noise_clip: cap on the relative kick |sigma_t * xi| per coordinate (a guard against
             multiplicative blow-up); None for no cap.
+        noise_shape: ``"magnitude"`` (the kick sigma_t * (|theta| + eps0) * xi) or
+            ``"isotropic"`` (the ablation: sigma_t * rms * xi, one rms =
+            sqrt(mean (|theta| + eps0)**2) per parameter tensor and model, the same expected
+            energy per tensor).
+        noise_guard: r > 0 turns on the loss guard: a model's kick is undone (its parameters
+            go back to where the update put them) when its loss after the kick is not finite
+            or above (1 + r) times its loss before the kick. It needs ``step(guard=fn)``, fn
+            returning the loss at the current parameters (see :meth:`step`); each kicked step
+            then costs two extra loss evaluations. None: no guard.
         noise_trigger: ``"always"`` or ``"stall"``: kick only after the gradient norm stayed below
             ``stall_threshold`` [1e-3] for ``stall_steps`` [10] steps, then wait
             ``noise_cooldown`` [50] steps.
+        preset: ``"escape"`` sets mechanism B for a budget of ``total_steps`` steps
+            (:mod:`synaprune.optim.presets`): noise on every step, sigma_0 decaying linearly
+            to 0 over the first part of the budget (values: ``presets.ESCAPE``). No other
+            mechanism-B option may be given with it. None: no preset.
+        total_steps: the training budget in optimizer steps, for ``preset``.
         generator: ``torch.Generator`` for the noise (in stacked mode, a sequence of
             ``num_models`` of them); or give ``seed`` (model s of a stack gets ``seed + s``).
             Without either, seeds are drawn from torch's global generator, so
@@ -199,15 +233,30 @@ class SynaPrune(Optimizer):
         noise_gamma: float | None = None,
         noise_eps: float | None = None,
         noise_clip: float | None = None,
+        noise_steps: int | None = None,
+        noise_shape: str = "magnitude",
+        noise_guard: float | None = None,
         noise_trigger: str = "always",
         stall_threshold: float | None = None,
         stall_steps: int | None = None,
         noise_cooldown: int | None = None,
+        preset: str | None = None,
+        total_steps: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         seed: int | None = None,
         num_models: int | None = None,
         distributed: bool | None = None,
     ) -> None:
+        if preset is not None or total_steps is not None:
+            b = preset_options(preset, total_steps, dict(
+                noise=noise, noise_schedule=noise_schedule, noise_decay=noise_decay,
+                noise_gamma=noise_gamma, noise_eps=noise_eps, noise_clip=noise_clip,
+                noise_steps=noise_steps, noise_shape=noise_shape, noise_guard=noise_guard,
+                noise_trigger=noise_trigger, stall_threshold=stall_threshold,
+                stall_steps=stall_steps, noise_cooldown=noise_cooldown))
+            noise, noise_schedule, noise_steps = b["noise"], b["noise_schedule"], b["noise_steps"]
+            noise_trigger, noise_clip = b["noise_trigger"], b["noise_clip"]
+            noise_guard = b.get("noise_guard")
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if base not in BASES:
@@ -249,6 +298,15 @@ class SynaPrune(Optimizer):
             raise ValueError(f"Invalid noise_eps: {noise_eps}; must be >= 0")
         if noise_clip is not None and not noise_clip > 0.0:
             raise ValueError(f"Invalid noise_clip: {noise_clip}; must be > 0 or None")
+        if noise_steps is not None and (isinstance(noise_steps, bool)
+                                        or not isinstance(noise_steps, int) or noise_steps < 1):
+            raise ValueError(f"Invalid noise_steps: {noise_steps!r}; must be an int >= 1")
+        if noise_shape not in NOISE_SHAPES:
+            raise ValueError(f"Invalid noise_shape: {noise_shape!r}; expected one of "
+                             f"{NOISE_SHAPES}")
+        if noise_guard is not None and not (noise_guard > 0.0 and math.isfinite(noise_guard)):
+            raise ValueError(f"Invalid noise_guard: {noise_guard}; must be a finite value > 0 "
+                             "or None")
         if noise_trigger not in NOISE_TRIGGERS:
             raise ValueError(f"Invalid noise_trigger: {noise_trigger!r}; expected one of "
                              f"{NOISE_TRIGGERS}")
@@ -268,14 +326,15 @@ class SynaPrune(Optimizer):
             aggregation=aggregation, blend=blend, blend_schedule=blend_schedule,
             blend_steps=blend_steps, noise=noise, noise_schedule=noise_schedule,
             noise_decay=noise_decay, noise_gamma=noise_gamma, noise_eps=noise_eps,
-            noise_clip=noise_clip,
+            noise_clip=noise_clip, noise_steps=noise_steps, noise_shape=noise_shape,
         )
         super().__init__(params, defaults)
         self.num_models = num_models
         check_stacked((p for g in self.param_groups for p in g["params"]), num_models)
         # The trigger's options are the optimizer's, not a group's: checked against every group.
         _check_consistent(dict(noise=max(g["noise"] for g in self.param_groups),
-                               noise_trigger=noise_trigger, stall_threshold=stall_threshold,
+                               noise_trigger=noise_trigger, noise_guard=noise_guard,
+                               stall_threshold=stall_threshold,
                                stall_steps=stall_steps, noise_cooldown=noise_cooldown))
         self.generators = generators
         self.triggers = [StallTrigger(
@@ -283,6 +342,9 @@ class SynaPrune(Optimizer):
             else stall_threshold, _DEFAULTS["stall_steps"] if stall_steps is None
             else stall_steps, _DEFAULTS["noise_cooldown"] if noise_cooldown is None
             else noise_cooldown) for _ in generators]
+        self.noise_guard = noise_guard
+        # Kicks the loss guard undid, per model (state: part of state_dict()).
+        self.rejected = [0] * len(generators)
         self.distributed = distributed
         self.steps = 0  # steps taken; the schedules' t
 
@@ -308,6 +370,7 @@ class SynaPrune(Optimizer):
             "steps": self.steps,
             "trigger": [t.state() for t in self.triggers],
             "generator": [g.get_state() for g in self.generators],
+            "rejected": list(self.rejected),
         }
         return sd
 
@@ -324,6 +387,8 @@ class SynaPrune(Optimizer):
                 t.load(state)
             for g, state in zip(self.generators, extra["generator"], strict=True):
                 g.set_state(state)
+            # Saved before the guard existed: no kick was undone.
+            self.rejected = list(extra.get("rejected", [0] * len(self.generators)))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear gradients and the per-example statistics accumulated on the parameters."""
@@ -359,15 +424,36 @@ class SynaPrune(Optimizer):
         return [t(n) for t, n in zip(self.triggers, norms, strict=True)]
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None, *,  # type: ignore[override]
+             guard: Callable[[], Tensor | float] | None = None) -> float | None:
         """Take one step.
 
         Args:
             closure: re-evaluates the model and returns the loss (optional, as in torch.optim).
+            guard: for ``noise_guard``: evaluates the loss at the current parameters, forward
+                only (it is called under ``torch.no_grad()``; no backward, ``.grad`` is not
+                touched), on the SAME batch as this step's gradient, and returns it: a number
+                for one model, a tensor of the ``num_models`` losses [S] in stacked mode (one
+                per model, not their sum: each model's kick is judged on its own loss). It is
+                called twice on a step that kicks (after the update, after the kick) and not
+                at all otherwise. Required when ``noise_guard`` is set and this step kicks;
+                refused when ``noise_guard`` is not set (it would be silently unused).
 
         Returns:
             The closure's loss, or None.
+
+        Example (a user's loop with the guard)::
+
+            opt = SynaPrune(model.parameters(), lr=0.5, noise=0.2, noise_schedule="linear",
+                            noise_steps=3000, noise_guard=1.0)
+            for x, y in batches:
+                opt.zero_grad()
+                loss_fn(model(x), y).backward()
+                opt.step(guard=lambda: loss_fn(model(x), y))
         """
+        if guard is not None and self.noise_guard is None:
+            raise ValueError("step(guard=...) is only used with noise_guard set; set "
+                             "noise_guard=r in SynaPrune(...) or drop guard")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -401,6 +487,11 @@ class SynaPrune(Optimizer):
             self._reduce_stats(needs_stats, [stats[id(p)] for p in needs_stats])
 
         kicks = self._kicks() if any(g["noise"] > 0 for g in self.param_groups) else []
+        # sigma_t of each group; 0 where a schedule has decayed to 0 (then nothing is drawn).
+        sigmas = [noise_scale(g["noise"], t, schedule=g["noise_schedule"],
+                              decay=g["noise_decay"], gamma=g["noise_gamma"],
+                              steps=g["noise_steps"]) if g["noise"] > 0 else 0.0
+                  for g in self.param_groups]
         for group in self.param_groups:
             lam = 0.0
             if group["aggregation"] != "mean":
@@ -428,16 +519,57 @@ class SynaPrune(Optimizer):
                                 eps=group["eps"], weight_decay=group["weight_decay"],
                                 amsgrad=group["amsgrad"],
                                 decoupled_weight_decay=group["base"] == "adamw")
-            if any(kicks) and group["noise"] > 0:
-                sigma = noise_scale(group["noise"], t, schedule=group["noise_schedule"],
-                                    decay=group["noise_decay"], gamma=group["noise_gamma"])
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    for m, (kick, gen) in enumerate(zip(kicks, self.generators, strict=True)):
-                        if kick:
-                            add_weight_noise(p if self.num_models is None else p[m], sigma,
-                                             eps0=group["noise_eps"], clip=group["noise_clip"],
-                                             generator=gen)
+        if any(kicks) and any(sigma > 0 for sigma in sigmas):
+            self._kick(kicks, sigmas, guard)
         self.steps += 1
         return loss
+
+    def _guard_losses(self, guard: Callable[[], Tensor | float]) -> Tensor:
+        """The guard's losses as a float64 tensor [S] (S = 1 for one model)."""
+        value = torch.as_tensor(guard()).detach().to("cpu", torch.float64).reshape(-1)
+        if value.numel() != len(self.generators):
+            raise ValueError(
+                f"Invalid guard: it returned {value.numel()} losses, expected "
+                f"{len(self.generators)} (" + ("one per stacked model, not their sum)"
+                                               if self.num_models else "one model)"))
+        return value
+
+    def _kick(self, kicks: list[bool], sigmas: list[float],
+              guard: Callable[[], Tensor | float] | None) -> None:
+        """Mechanism B after the update: kick the models whose trigger fired, then (with
+        ``noise_guard``) undo the kicks that raised a model's loss past the bound."""
+        kicked = [p for g, sigma in zip(self.param_groups, sigmas, strict=True) if sigma > 0
+                  for p in g["params"] if p.grad is not None]
+        saved: list[Tensor] = []
+        if self.noise_guard is not None:
+            if guard is None:
+                raise RuntimeError("noise_guard needs the loss: call step(guard=fn) with fn "
+                                   "returning the loss at the current parameters (forward "
+                                   "only, same batch)")
+            before = self._guard_losses(guard)
+            saved = [p.detach().clone() for p in kicked]
+        for group, sigma in zip(self.param_groups, sigmas, strict=True):
+            if sigma == 0.0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                for m, (kick, gen) in enumerate(zip(kicks, self.generators, strict=True)):
+                    if kick:
+                        add_weight_noise(p if self.num_models is None else p[m], sigma,
+                                         eps0=group["noise_eps"], clip=group["noise_clip"],
+                                         generator=gen, shape=group["noise_shape"])
+        if self.noise_guard is None:
+            return
+        undo = guard_rejects(before, self._guard_losses(guard), self.noise_guard)
+        undo &= torch.tensor(kicks)
+        if not bool(undo.any()):
+            return
+        for m in undo.nonzero().flatten().tolist():
+            self.rejected[m] += 1
+        for p, old in zip(kicked, saved, strict=True):
+            if self.num_models is None:
+                p.copy_(old)
+            else:
+                mask = undo.to(p.device).view(-1, *([1] * (p.dim() - 1)))
+                p.copy_(torch.where(mask, old, p))
