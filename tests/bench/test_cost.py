@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from synaprune.bench import get_method, run_seeds, run_single
-from synaprune.bench.cost import HVP, PENALTY, PER_EXAMPLE, step_cost
+from synaprune.bench.cost import GUARD, HVP, PENALTY, PER_EXAMPLE, step_cost
 from synaprune.optim import SAM, SaddleFreeNewton
 from synaprune.problems import get_problem
 
@@ -81,6 +81,7 @@ def test_sam_counts_two_gradients_a_step(monkeypatch) -> None:
     ("sgd:batch_size=4", 4 / 200),  # spirals: N = 200 training points
     ("synaprune-a", PER_EXAMPLE),
     ("synaprune-c", 1.0 + PENALTY),
+    ("synaprune-b:noise_guard=1", 1.0 + GUARD),  # the guard's two loss evaluations
 ])
 def test_cost_per_step_of_first_order_methods(spec: str, per_step: float) -> None:
     problem = get_problem("spirals")

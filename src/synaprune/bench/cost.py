@@ -11,6 +11,10 @@ constants measured on this machine (``docs/benchmarks.md``):
 * the activation-gradient penalty (mechanism C): :data:`PENALTY` more times that gradient,
   1.19 = 2.68 (A+B+C with noise on stall) - 1.49 (A alone), same benchmark;
 * a closure re-evaluation (``sam``): one more gradient;
+* mechanism B's loss guard (``noise_guard``): :data:`GUARD` = 1.29 more gradients per step, the
+  two loss evaluations of a kicked step (2.35x gd against 1.06x for the same noise unguarded
+  in ``benchmarks/noise_guard.py``). Charged on every step: an upper bound once the noise
+  schedule has reached 0, when the guard evaluates nothing;
 * a Hessian-vector product: :data:`HVP` = 1.62 gradients (one reuse-graph HVP against a plain
   gradient, ``benchmarks/curvature.py``); ``saddle-free-newton`` pays one gradient plus one
   HVP per Krylov vector it built that step, as counted by the optimizer (``krylov_dims``).
@@ -25,11 +29,12 @@ from __future__ import annotations
 from synaprune.bench.methods import Method
 from synaprune.problems import Problem
 
-__all__ = ["HVP", "PENALTY", "PER_EXAMPLE", "gradient_cost", "step_cost"]
+__all__ = ["GUARD", "HVP", "PENALTY", "PER_EXAMPLE", "gradient_cost", "step_cost"]
 
 HVP = 1.62
 PER_EXAMPLE = 1.49
 PENALTY = 1.19
+GUARD = 1.29
 
 
 def gradient_cost(method: Method, problem: Problem) -> float:
@@ -52,7 +57,8 @@ def step_cost(method: Method, problem: Problem, hvps: int = 0) -> float:
 
     Returns:
         ``g * (PER_EXAMPLE if statistics else 1) + g * PENALTY (if penalised) + g (if a closure
-        re-evaluates the gradient) + HVP * hvps``, g = :func:`gradient_cost`.
+        re-evaluates the gradient) + g * GUARD (if the loss guard is on) + HVP * hvps``,
+        g = :func:`gradient_cost`.
 
     Example:
         >>> from synaprune.bench import get_method
@@ -66,4 +72,6 @@ def step_cost(method: Method, problem: Problem, hvps: int = 0) -> float:
         cost += g * PENALTY
     if method.needs_closure:
         cost += g
+    if method.guard_loss:
+        cost += g * GUARD
     return cost + HVP * hvps

@@ -96,20 +96,12 @@ def load_runs(db: str | Path, problems: Sequence[str] | None = None) -> RunTable
             total = store.count()
             newest = store.conn.execute("SELECT max(created) FROM runs").fetchone()[0]
             recorded = frozenset(c for c in CONTRACT_COLUMNS if c in columns)
-            # Until the store returns these columns itself, read the ones this file has.
-            wanted = [c for c in recorded if rows and c not in rows[0]]
-            extra: dict[int, sqlite3.Row] = {}
-            if wanted:
-                query = f"SELECT id, {', '.join(wanted)} FROM runs"
-                extra = {int(r["id"]): r for r in store.conn.execute(query)}
         except (sqlite3.Error, KeyError, ValueError) as exc:
             raise _not_lab(db, f"{type(exc).__name__}: {exc}") from None
     finally:
         store.close()
     for row in rows:
         for column in CONTRACT_COLUMNS:
-            if column in wanted:
-                row[column] = extra[row["id"]][column]
             row.setdefault(column, None)
         cost = row["cost"]
         if cost is not None and not (isinstance(cost, (int, float)) and math.isfinite(cost)):
