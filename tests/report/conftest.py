@@ -1,7 +1,11 @@
-"""A real results database for the report's tests (built once per session)."""
+"""Real results databases for the report's tests (built once per session): one as the store
+writes it now, and the same runs as an older store wrote them (without the columns added
+since: failure kinds, eigenvalues, cost, stopping rule)."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,9 @@ from synaprune.problems import get_problem
 
 
 @pytest.fixture(scope="session")
-def lab_db(tmp_path_factory) -> Path:
-    """A real results database: xor (gd gets stuck on some seeds; synaprune-b) and an exact
-    teacher-student problem, which cannot be diagnosed."""
+def current_lab_db(tmp_path_factory) -> Path:
+    """A real results database as the store writes it now: xor (gd gets stuck on some seeds;
+    synaprune-b) and an exact teacher-student problem, which cannot be diagnosed."""
     import torch
 
     threads = torch.get_num_threads()
@@ -31,4 +35,19 @@ def lab_db(tmp_path_factory) -> Path:
             sweep(ts, get_method("gd:lr=0.5"), range(6), 150, store)
     finally:
         torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lab_db(current_lab_db, tmp_path_factory) -> Path:
+    """:func:`current_lab_db` with the columns added after the first stores dropped."""
+    path = tmp_path_factory.mktemp("old-lab") / "results.db"
+    shutil.copy(current_lab_db, path)
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            for column in ("kind", "min_eig", "saddle_index", "cost", "stop_rule"):
+                conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    finally:
+        conn.close()  # checkpoints the write-ahead log, so that a copy of the file has it all
     return path

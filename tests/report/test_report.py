@@ -329,3 +329,17 @@ def test_experiments_are_shown_with_their_claim_and_whether_it_held(lab_db, tmp_
     assert "fig/exp-alpha.png" in page.images and "fig/exp-beta.png" in page.images
     for src in page.images:
         assert (tmp_path / "rep" / src).stat().st_size > 0
+
+
+def test_report_of_a_current_database_shows_the_kinds_the_lab_recorded(current_lab_db, tmp_path):
+    index = write_report(current_lab_db, tmp_path / "rep", problems=["xor"], progress=False,
+                         diagnoses=0)
+    text, page = _page(index)
+    assert "Failure kinds not recorded" not in text and "Costs not recorded" not in text
+    rows = [r for r in ResultStore(current_lab_db, readonly=True).rows(["xor"])
+            if r["method_name"] == "gd"]
+    assert all(r["kind"] is not None and r["cost"] is not None for r in rows)
+    row = _method_row(page, "gd lr=2")
+    for kind, column in (("spurious", "spurious minimum"), ("moving", "still moving")):
+        if column in row:
+            assert row[column].startswith(f"{sum(r['kind'] == kind for r in rows)} [")
