@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, stack_module_state, vmap
 
-from synaprune.bench.methods import Method
+from synaprune.bench.methods import GDRestarts, Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
 from synaprune.probes import PerExampleGradStats, per_example_sums
@@ -236,6 +236,11 @@ def run_single(
         ValueError: If the method cannot train the problem (see :func:`check_compatible`).
     """
     check_compatible(problem, method)
+    if isinstance(method, GDRestarts):  # R runs of method.base (bench._restarts)
+        from synaprune.bench._restarts import run_restarts_single
+
+        return run_restarts_single(run_single, problem, method, seed, steps,
+                                   curve_points=curve_points)
     start = time.perf_counter()
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
@@ -403,6 +408,11 @@ def run_seeds(
         raise ValueError(f"Invalid seeds: no duplicates allowed, got {repeated} more than once")
     if steps < 0:
         raise ValueError(f"Invalid steps: {steps}; must be >= 0")
+    if isinstance(method, GDRestarts):  # the S x R runs of method.base (bench._restarts)
+        from synaprune.bench._restarts import run_restarts_batched
+
+        return run_restarts_batched(run_seeds, problem, method, seeds, steps,
+                                    curve_points=curve_points, on_step=on_step)
     start = time.perf_counter()
     n = len(seeds)
     models = [problem.build_model(s) for s in seeds]
