@@ -2,6 +2,11 @@
 
 Student ``x -> sum_{i=1..k} relu(w_i . x)``, teacher ``x -> sum_{j=1..n} relu(e_j . x)``,
 ``x ~ N(0, I_d)``, output weights fixed to 1, loss ``E[(student(x) - teacher(x))^2] / 2``.
+The paper's notation: k student neurons, n teacher neurons (default n = k), d = n by default.
+Mild over-parameterisation (Safran, Yehudai & Shamir 2021) is k > n: ``k=10,n=8`` is the
+teacher of ``k=8`` with 2 extra student neurons. The global loss stays 0 (an extra neuron can
+be zero or share a teacher direction with another), so success (loss below the tolerance)
+keeps its meaning.
 With Gaussian inputs the loss has a closed form through the kernel
 
     E[relu(w . x) relu(v . x)] = |w| |v| (sin t + (pi - t) cos t) / (2 pi),
@@ -131,7 +136,9 @@ class TwoLayerReLU(nn.Module):
 def teacher_student_problem(k: int, n: int | None, d: int | None, exact: bool, N: int) -> Problem:
     """Build the teacher-student problem (see :func:`synaprune.problems.get_problem`)."""
     n = k if n is None else n
-    d = k if d is None else d
+    # The input dimension follows the teacher: k > n is then the over-parameterised student
+    # of the same teacher in the same R^n (Safran, Yehudai & Shamir 2021), not a new problem.
+    d = n if d is None else d
     if n > k:
         raise ValueError(
             f"Option 'n'={n} of problem 'teacher-student' must be <= k={k} "
