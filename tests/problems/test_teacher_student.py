@@ -315,3 +315,29 @@ def test_overparameterised_global_minima_have_zero_loss_and_gradient(k: int) -> 
         loss.backward()
         assert abs(loss.item()) < 1e-13 and problem.solved(loss.item())
         assert model.hidden.weight.grad.abs().max() < 1e-12
+
+
+def test_basis_kernel_equals_the_general_kernel_against_the_identity() -> None:
+    # Rows: random, nearly parallel to e_2 (angle 1e-9), exactly e_1, zero, nearly antiparallel.
+    from synaprune.problems._teacher_student import relu_kernel, relu_kernel_basis
+
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    w[1] = torch.tensor([1e-9, 2.0, 0.0, -1e-9], dtype=F64)
+    w[2] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)
+    w[3] = 0.0
+    w[4] = torch.tensor([-3.0, 1e-10, 0.0, 0.0], dtype=F64)
+    eye = torch.eye(3, 4, dtype=F64)
+    torch.testing.assert_close(relu_kernel_basis(w, 3), relu_kernel(w, eye), rtol=1e-14,
+                               atol=1e-15)
+
+    def both(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def f(u, kernel):
+            return (kernel(u.view(5, 4)) * torch.arange(1.0, 4.0, dtype=F64)).sum()
+        return (torch.func.hessian(lambda u: f(u, lambda x: relu_kernel_basis(x, 3)))(v),
+                torch.func.hessian(lambda u: f(u, lambda x: relu_kernel(x, eye)))(v))
+
+    fast, general = both(w.reshape(-1))
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, general, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="d >= n=5"):
+        relu_kernel_basis(w, 5)
