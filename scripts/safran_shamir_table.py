@@ -10,6 +10,9 @@ split by the gradient norm stored in its curve at the last recorded step before 
 With --hessian, the smallest eigenvalue of the exact-loss Hessian is computed at the stored
 final parameters of every failed run, to tell minima (all eigenvalues > 0) from saddles.
 
+The step-5/k protocol of the issue, with the classification, is one command:
+``synaprune experiment safran-shamir`` (src/synaprune/experiments/safran_shamir.py).
+
 Usage: python scripts/safran_shamir_table.py out/safran_shamir.db --budget 4000 --method gd:lr=0.5
 """
 
@@ -23,6 +26,7 @@ from collections import Counter
 import torch
 
 from synaprune.bench import wilson_interval
+from synaprune.bench._classify import hessian_eigenvalues
 from synaprune.bench.methods import get_method
 from synaprune.bench.store import ResultStore
 from synaprune.problems import get_problem
@@ -36,14 +40,7 @@ def last_grad_norm(curve: list) -> tuple[int, float]:
 
 
 def min_hessian_eig(problem, params: dict[str, torch.Tensor]) -> float:
-    w = params["hidden.weight"].to(torch.float64)
-    a = torch.ones(w.shape[0], dtype=torch.float64)
-
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        return problem.exact_loss_fn({"hidden.weight": flat.view_as(w), "output_weight": a})
-
-    h = torch.func.hessian(f)(w.reshape(-1))
-    return float(torch.linalg.eigvalsh(h).min())
+    return float(hessian_eigenvalues(problem, params)[0])
 
 
 def main() -> None:
