@@ -341,3 +341,39 @@ def test_basis_kernel_equals_the_general_kernel_against_the_identity() -> None:
     torch.testing.assert_close(fast, general, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="d >= n=5"):
         relu_kernel_basis(w, 5)
+
+
+def _kernel_through_the_orthogonal_component(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The kernel with autograd through the [k, n, d] orthogonal component: the reference."""
+    dot = w @ v.T
+    w_sq, v_sq = w.square().sum(1), v.square().sum(1)
+    safe = torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
+    v_perp = v[None] - (dot / safe[:, None])[:, :, None] * w[:, None, :]
+    s_sq = w_sq[:, None] * v_perp.square().sum(2)
+    generic = s_sq > 1e-16 * w_sq[:, None] * v_sq[None, :]
+    s = torch.where(generic, torch.sqrt(torch.where(generic, s_sq, torch.ones_like(s_sq))), 0.0)
+    angle = torch.atan2(s, torch.where(~generic & (dot == 0), torch.ones_like(dot), dot))
+    return (s + (math.pi - angle) * dot) / (2 * math.pi)
+
+
+@pytest.mark.parametrize("angle", [1e-2, 1e-6, 1e-9, 0.0])
+def test_student_kernel_derivatives_near_parallel_neurons(angle: float) -> None:
+    # Two student neurons at a small angle (split neurons of an over-parameterised student do
+    # this): value, gradient and Hessian of sum_ij K(w_i, w_j) against the reference whose
+    # autograd goes through the orthogonal component. Tolerances: 1e-12 relative for values,
+    # 1e-9 for derivatives (the reference itself is accurate to ~1e-10 near parallel).
+    from synaprune.problems._teacher_student import relu_kernel
+
+    w = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    w[1] = 1.7 * (w[0] + angle * torch.tensor([0.0, 1.0, -1.0, 0.5, 0.0], dtype=F64))
+
+    def total(kernel, flat):
+        x = flat.view(4, 5)
+        return kernel(x, x).sum()
+
+    flat = w.reshape(-1)
+    for order in (lambda f: f, torch.func.grad, torch.func.hessian):
+        got = order(lambda u: total(relu_kernel, u))(flat)
+        ref = order(lambda u: total(_kernel_through_the_orthogonal_component, u))(flat)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

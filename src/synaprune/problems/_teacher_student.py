@@ -70,11 +70,21 @@ def relu_kernel(w: Tensor, v: Tensor) -> Tensor:
     dot = w @ v.T  # P, [k, n]
     w_sq = w.square().sum(dim=1)  # |w_i|^2, [k]
     v_sq = v.square().sum(dim=1)  # |v_j|^2, [n]
-    w_sq_safe = torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
-    # Component of v_j orthogonal to w_i: [k, n, d].
-    v_perp = v[None, :, :] - (dot / w_sq_safe[:, None])[:, :, None] * w[:, None, :]
-    s_sq = w_sq[:, None] * v_perp.square().sum(dim=2)  # S^2 = |w|^2 |v_perp|^2
-    return _kernel(dot, s_sq, w_sq[:, None] * v_sq[None, :])
+    norms_sq = w_sq[:, None] * v_sq[None, :]
+    # The value of S^2 from the component of v_j orthogonal to w_i ([k, n, d], accurate when
+    # nearly parallel), outside autograd; its derivatives from |w|^2 |v|^2 - P^2, the same
+    # function, whose derivatives are exact polynomials: only the value of that form suffers
+    # cancellation. Errors of the derivatives (eps / t relative) reach the kernel damped by
+    # dk/dS = sin^2 t / (2 pi). Keeping the [k, n, d] tensor out of the graph saves most of
+    # the cost of a gradient in the seed-batched runner (docs/benchmarks.md).
+    wd, vd, dotd = w.detach(), v.detach(), dot.detach()
+    w_sq_d = w_sq.detach()
+    w_sq_safe = torch.where(w_sq_d > 0, w_sq_d, torch.ones_like(w_sq_d))
+    v_perp = vd[None, :, :] - (dotd / w_sq_safe[:, None])[:, :, None] * wd[:, None, :]
+    accurate = w_sq_d[:, None] * v_perp.square().sum(dim=2)  # S^2 = |w|^2 |v_perp|^2
+    lagrange = norms_sq - dot.square()
+    s_sq = lagrange + (accurate - lagrange.detach())
+    return _kernel(dot, s_sq, norms_sq)
 
 
 def relu_kernel_basis(w: Tensor, n: int) -> Tensor:
