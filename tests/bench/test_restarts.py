@@ -178,3 +178,13 @@ def test_spec_options_and_refusals() -> None:
     # Stepping it as one optimizer would silently be plain gd.
     with pytest.raises(TypeError, match="not an optimizer"):
         method.make_optimizer([torch.zeros(1, requires_grad=True)])
+
+
+def test_on_a_problem_restarts_take_gds_tuned_step() -> None:
+    from synaprune.bench import tuned_options
+
+    gd = get_method("gd", problem="xor")
+    assert gd.lr != get_method("gd-restarts").lr  # the case matters: xor's gd step is tuned
+    assert get_method("gd-restarts", problem="xor").lr == gd.lr
+    assert tuned_options("xor", "gd-restarts") == {"lr": gd.lr}
+    assert get_method("gd-restarts:lr=0.2", problem="xor").lr == 0.2  # given options win

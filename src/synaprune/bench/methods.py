@@ -591,8 +591,9 @@ class GDRestarts(Method):
     and combine the restarts; seeds, budgets, the choice of the kept run and the stored curve
     are defined in :mod:`synaprune.bench._restarts`.
 
-    Defaults: ``lr`` as ``gd``; ``restarts=4`` is not tuned (a first choice: four tries at a
-    quarter of the budget each); give both explicitly in a study.
+    Defaults: ``lr`` as ``gd``, and on a problem gd's tuned step (:func:`tuned_options`);
+    ``restarts=4`` is not tuned (a first choice: four tries at a quarter of the budget each);
+    give both explicitly in a study.
     """
 
     name: ClassVar[str] = "gd-restarts"
@@ -614,6 +615,11 @@ class GDRestarts(Method):
         # SGD here would silently be gd, not gd-restarts.
         raise TypeError("gd-restarts is a protocol of R runs, not an optimizer: train it with "
                         "synaprune.bench.run_seeds or run_single (or use method.base)")
+
+
+# Each restart is a gd run: without its own tuning, gd-restarts takes gd's tuned step, so that
+# "gd against gd-restarts" on a problem compares the restarts, not two step sizes.
+_TUNED_AS: dict[str, tuple[str, tuple[str, ...]]] = {"gd-restarts": ("gd", ("lr",))}
 # --- end gd-restarts -------------------------------------------------------------------------
 
 
@@ -663,7 +669,12 @@ def tuned_options(problem: str, method: str) -> dict[str, Any]:
     from synaprune.bench._tuned import TUNED
 
     name = normalize_name(problem.partition(":")[0])
-    return dict(TUNED.get(name, {}).get(normalize_name(method), {}))
+    method = normalize_name(method)
+    tuned = TUNED.get(name, {})
+    if method not in tuned and method in _TUNED_AS:  # e.g. gd-restarts: gd's step
+        base, keys = _TUNED_AS[method]
+        return {k: v for k, v in tuned.get(base, {}).items() if k in keys}
+    return dict(tuned.get(method, {}))
 
 
 def get_method(spec: str | Method, *, problem: str | None = None, **overrides: Any) -> Method:
