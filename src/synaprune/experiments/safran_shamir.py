@@ -187,7 +187,7 @@ def plot(rows: list[dict[str, Any]], path: pathlib.Path) -> None:
     bx.set_xscale("log")
     bx.set_yscale("log")
     bx.set_xlabel("k")
-    bx.set_title("cost (seed-batched runner, 1 thread)")
+    bx.set_title("wall time (seed-batched runner, 1 thread, shared machine)")
     bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
