@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce Safran & Shamir (ICML 2018): spurious local minima of two-layer ReLU
 # teacher-student networks, k = n = d = 6..12, exact population loss, full-batch gradient
-# descent from Xavier-normal initialisations. See docs/results.md.
+# descent from Xavier-normal initialisations, constant step 0.5. See docs/results.md.
+# The authors' protocol (step 5/k, k = 6..20, failures named by the exact Hessian) is one
+# command: synaprune experiment safran-shamir
 # Run from the repository root. Resumable: finished seeds are skipped on rerun.
 # Measured: ~15 min for the main sweep (500 seeds x 7 k) on 2 shared cores, --threads 1.
 set -euo pipefail

@@ -28,7 +28,8 @@ def test_public_names_import() -> None:
 
 
 def test_list_methods() -> None:
-    assert list_methods() == ["adam", "gd", "gradient-noise", "momentum", "perturbed-gd",
+    assert list_methods() == ["adam", "gd", "gd-restarts", "gradient-noise", "momentum",
+                              "perturbed-gd",
                               "saddle-free-newton", "sam",
                               "sgd", "synaprune", "synaprune-a", "synaprune-ab", "synaprune-ac",
                               "synaprune-b", "synaprune-bc", "synaprune-c",
@@ -64,7 +65,7 @@ def test_method_list_keeps_options_with_their_method() -> None:
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
-        ("nope", ["Unknown method 'nope'", "adam, gd, gradient-noise, momentum, perturbed-gd"]),
+        ("nope", ["Unknown method 'nope'", "adam, gd, gd-restarts, gradient-noise, momentum"]),
         ("adam:foo=1", ["Unknown option 'foo'", "batch_size, betas, eps, lr"]),
         ("adam:lr=fast", ["Bad value 'fast'", "'lr'"]),
         ("adam:lr", ["Malformed option 'lr'"]),

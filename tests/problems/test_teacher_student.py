@@ -244,3 +244,136 @@ def test_published_k7_spurious_minimum_is_a_strict_local_minimum() -> None:
         _loss_of_flat(problem, model), point.T.reshape(-1).contiguous()
     )
     assert torch.linalg.eigvalsh(hessian).min() > 1e-3
+
+
+# ---- mild over-parameterisation: k student neurons > n teacher neurons, d = n -------------
+
+def test_overparameterised_student_keeps_the_teachers_input_dimension() -> None:
+    assert get_problem("teacher-student:k=10,n=8").options == {
+        "k": 10, "n": 8, "d": 8, "exact": True, "N": 2000}
+    assert get_problem("teacher-student:k=8").options["d"] == 8  # unchanged when k = n
+    assert get_problem("teacher-student:k=4,n=3,d=6").options["d"] == 6
+    model = get_problem("teacher-student:k=10,n=8").build_model(0)
+    assert model.hidden.weight.shape == (10, 8)
+
+
+def _brute_force(w: torch.Tensor, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example losses 0.5 (f(x) - y)^2 [B] and their gradients (f(x) - y) 1[w_i . x > 0] x
+    [B, k, d], written out in float64 without the model."""
+    residual = torch.relu(x @ w.T).sum(1) - torch.relu(x[:, :n]).sum(1)
+    grads = residual[:, None, None] * (x @ w.T > 0).to(F64)[:, :, None] * x[:, None, :]
+    return 0.5 * residual.square(), grads
+
+
+@pytest.mark.parametrize("spec", ["teacher-student:k=10,n=8", "teacher-student:k=5,n=3"])
+def test_overparameterised_exact_loss_and_gradient_match_monte_carlo(spec: str) -> None:
+    # Tolerance: 5 standard errors of the sample means (each coordinate, from the sample).
+    problem = get_problem(spec)
+    d, n = problem.options["d"], problem.options["n"]
+    model = problem.build_model(3)
+    x = torch.randn(400_000, d, generator=torch.Generator().manual_seed(11), dtype=F64)
+    per_loss, per_grad = _brute_force(model.hidden.weight.detach(), x, n)
+    model.zero_grad()
+    loss = problem.loss(model)
+    loss.backward()
+    root = math.sqrt(x.shape[0])
+    assert abs(loss.item() - per_loss.mean().item()) < 5 * per_loss.std().item() / root
+    se = per_grad.std(0) / root
+    assert ((model.hidden.weight.grad - per_grad.mean(0)).abs() < 5 * se).all()
+
+
+def test_overparameterised_sampled_loss_is_the_mean_over_its_samples() -> None:
+    problem = get_problem("teacher-student:k=5,n=3,exact=false,N=3000")
+    x, _ = problem.data()
+    assert x.shape == (3000, 3)
+    model = problem.build_model(3)
+    per_loss, per_grad = _brute_force(model.hidden.weight.detach(), x, 3)
+    model.zero_grad()
+    loss = problem.loss(model)
+    loss.backward()
+    # The same sums in another order: agreement to rounding (1e-12 relative is ~1e4 ulps).
+    assert loss.item() == pytest.approx(per_loss.mean().item(), rel=1e-12)
+    torch.testing.assert_close(model.hidden.weight.grad, per_grad.mean(0), rtol=1e-10,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("k", [9, 10])
+def test_overparameterised_global_minima_have_zero_loss_and_gradient(k: int) -> None:
+    # Extra neurons that are zero, or that split a teacher neuron into parallel parts, give
+    # exactly the teacher's function: loss 0 and gradient 0, so "solved" still means global.
+    n = 8
+    problem = get_problem(f"teacher-student:k={k},n={n}")
+    model = problem.build_model(0)
+    zeros = torch.cat([torch.eye(n, dtype=F64), torch.zeros(k - n, n, dtype=F64)])
+    split = zeros.clone()
+    split[0, 0], split[n, 0] = 0.3, 0.7  # 0.3 e_1 + 0.7 e_1: relu is positively homogeneous
+    for weight in (zeros, split):
+        with torch.no_grad():
+            model.hidden.weight.copy_(weight)
+        model.zero_grad()
+        loss = problem.loss(model)
+        loss.backward()
+        assert abs(loss.item()) < 1e-13 and problem.solved(loss.item())
+        assert model.hidden.weight.grad.abs().max() < 1e-12
+
+
+def test_basis_kernel_equals_the_general_kernel_against_the_identity() -> None:
+    # Rows: random, nearly parallel to e_2 (angle 1e-9), exactly e_1, zero, nearly antiparallel.
+    from synaprune.problems._teacher_student import relu_kernel, relu_kernel_basis
+
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
+    w[1] = torch.tensor([1e-9, 2.0, 0.0, -1e-9], dtype=F64)
+    w[2] = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=F64)
+    w[3] = 0.0
+    w[4] = torch.tensor([-3.0, 1e-10, 0.0, 0.0], dtype=F64)
+    eye = torch.eye(3, 4, dtype=F64)
+    torch.testing.assert_close(relu_kernel_basis(w, 3), relu_kernel(w, eye), rtol=1e-14,
+                               atol=1e-15)
+
+    def both(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def f(u, kernel):
+            return (kernel(u.view(5, 4)) * torch.arange(1.0, 4.0, dtype=F64)).sum()
+        return (torch.func.hessian(lambda u: f(u, lambda x: relu_kernel_basis(x, 3)))(v),
+                torch.func.hessian(lambda u: f(u, lambda x: relu_kernel(x, eye)))(v))
+
+    fast, general = both(w.reshape(-1))
+    assert torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, general, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="d >= n=5"):
+        relu_kernel_basis(w, 5)
+
+
+def _kernel_through_the_orthogonal_component(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The kernel with autograd through the [k, n, d] orthogonal component: the reference."""
+    dot = w @ v.T
+    w_sq, v_sq = w.square().sum(1), v.square().sum(1)
+    safe = torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
+    v_perp = v[None] - (dot / safe[:, None])[:, :, None] * w[:, None, :]
+    s_sq = w_sq[:, None] * v_perp.square().sum(2)
+    generic = s_sq > 1e-16 * w_sq[:, None] * v_sq[None, :]
+    s = torch.where(generic, torch.sqrt(torch.where(generic, s_sq, torch.ones_like(s_sq))), 0.0)
+    angle = torch.atan2(s, torch.where(~generic & (dot == 0), torch.ones_like(dot), dot))
+    return (s + (math.pi - angle) * dot) / (2 * math.pi)
+
+
+@pytest.mark.parametrize("angle", [1e-2, 1e-6, 1e-9, 0.0])
+def test_student_kernel_derivatives_near_parallel_neurons(angle: float) -> None:
+    # Two student neurons at a small angle (split neurons of an over-parameterised student do
+    # this): value, gradient and Hessian of sum_ij K(w_i, w_j) against the reference whose
+    # autograd goes through the orthogonal component. Tolerances: 1e-12 relative for values,
+    # 1e-9 for derivatives (the reference itself is accurate to ~1e-10 near parallel).
+    from synaprune.problems._teacher_student import relu_kernel
+
+    w = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    w[1] = 1.7 * (w[0] + angle * torch.tensor([0.0, 1.0, -1.0, 0.5, 0.0], dtype=F64))
+
+    def total(kernel, flat):
+        x = flat.view(4, 5)
+        return kernel(x, x).sum()
+
+    flat = w.reshape(-1)
+    for order in (lambda f: f, torch.func.grad, torch.func.hessian):
+        got = order(lambda u: total(relu_kernel, u))(flat)
+        ref = order(lambda u: total(_kernel_through_the_orthogonal_component, u))(flat)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)

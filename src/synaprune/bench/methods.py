@@ -26,6 +26,8 @@ Available methods:
   deterministic.
 * ``saddle-free-newton``: :class:`synaprune.SaddleFreeNewton` (Dauphin et al. 2014), full
   batch, for small models: |H|^-1 g in a Krylov subspace; needs a loss closure.
+* ``gd-restarts``: R fresh initialisations of ``gd`` sharing the budget, tried in order until
+  one succeeds, the best one kept (:class:`GDRestarts`, :mod:`synaprune.bench._restarts`).
 * ``synaprune-escape``: ``SynaPrune(preset="escape")``, mechanism B on a schedule relative to
   the run's budget (:class:`EscapeMethod`).
 
@@ -84,6 +86,7 @@ __all__ = [
     "PLANNED_METHODS",
     "Adam",
     "EscapeMethod",
+    "GDRestarts",
     "GradientDescent",
     "GradientNoiseMethod",
     "Method",
@@ -687,11 +690,55 @@ class SaddleFreeNewtonMethod(Method):
                                 krylov_dim=self.krylov_dim, num_models=_num_models(generator))
 
 
+# --- gd-restarts (issue 9, section 3) --------------------------------------------------------
+@dataclass(frozen=True)
+class GDRestarts(Method):
+    """``gd-restarts``: R fresh initialisations of ``gd:lr=lr`` sharing the run's budget
+    (each gets ``budget // R`` steps), tried in order until one succeeds; the best one kept.
+
+    A protocol rather than an optimizer: the runners (:func:`synaprune.bench.run_seeds`,
+    :func:`synaprune.bench.run_single`) train restart r of seed s from
+    ``build_model(s + r * 2**24)`` (seeds below 2**24; restart 0 is the ``gd`` run of seed s)
+    and combine the restarts; seeds, budgets, the choice of the kept run and the stored curve
+    are defined in :mod:`synaprune.bench._restarts`.
+
+    Defaults: ``lr`` as ``gd``, and on a problem gd's tuned step (:func:`tuned_options`);
+    ``restarts=4`` is not tuned (a first choice: four tries at a quarter of the budget each);
+    give both explicitly in a study.
+    """
+
+    name: ClassVar[str] = "gd-restarts"
+    lr: float = _opt(0.1, "float", "step size of every restart (as gd)")
+    restarts: int = _opt(4, "int", "initialisations R sharing the budget (budget // R steps each)")
+
+    def __post_init__(self) -> None:
+        _check_lr(self.lr)
+        if not 1 <= self.restarts <= 256:  # restart seeds stay below 2**32 (bench._restarts)
+            raise ValueError(f"Invalid restarts: {self.restarts}; must be in [1, 256]")
+
+    @property
+    def base(self) -> Method:
+        """The method of each restart, ``gd:lr=lr``."""
+        return GradientDescent(lr=self.lr)
+
+    def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
+        # One optimizer cannot restart from fresh initialisations; stepping a model with plain
+        # SGD here would silently be gd, not gd-restarts.
+        raise TypeError("gd-restarts is a protocol of R runs, not an optimizer: train it with "
+                        "synaprune.bench.run_seeds or run_single (or use method.base)")
+
+
+# Each restart is a gd run: without its own tuning, gd-restarts takes gd's tuned step, so that
+# "gd against gd-restarts" on a problem compares the restarts, not two step sizes.
+_TUNED_AS: dict[str, tuple[str, tuple[str, ...]]] = {"gd-restarts": ("gd", ("lr",))}
+# --- end gd-restarts -------------------------------------------------------------------------
+
+
 # name -> (class, preset): the SynaPrune presets are one class with its mechanisms chosen.
 _METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
     **{cls.name: (cls, {}) for cls in (GradientDescent, MinibatchSGD, Momentum, Adam,
                                        PerturbedGDMethod, GradientNoiseMethod, SAMMethod,
-                                       SaddleFreeNewtonMethod)},
+                                       SaddleFreeNewtonMethod, GDRestarts)},
     EscapeMethod.name: (EscapeMethod, {}),  # noiseB
     **{_preset_name(m): (SynaPruneMethod, {"mechanisms": m}) for m in _SYNAPRUNE_PRESETS},
 }
@@ -734,7 +781,12 @@ def tuned_options(problem: str, method: str) -> dict[str, Any]:
     from synaprune.bench._tuned import TUNED
 
     name = normalize_name(problem.partition(":")[0])
-    return dict(TUNED.get(name, {}).get(normalize_name(method), {}))
+    method = normalize_name(method)
+    tuned = TUNED.get(name, {})
+    if method not in tuned and method in _TUNED_AS:  # e.g. gd-restarts: gd's step
+        base, keys = _TUNED_AS[method]
+        return {k: v for k, v in tuned.get(base, {}).items() if k in keys}
+    return dict(tuned.get(method, {}))
 
 
 def get_method(spec: str | Method, *, problem: str | None = None, **overrides: Any) -> Method:

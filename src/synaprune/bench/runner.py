@@ -52,7 +52,7 @@ from torch.func import grad, stack_module_state, vmap
 
 from synaprune.bench.cost import HVP, step_cost
 from synaprune.bench.kinds import classify_results, gradient_threshold
-from synaprune.bench.methods import Method
+from synaprune.bench.methods import GDRestarts, Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
 from synaprune.probes import PerExampleGradStats, per_example_sums
@@ -272,6 +272,12 @@ def run_single(
         ValueError: If the method cannot train the problem (see :func:`check_compatible`).
     """
     check_compatible(problem, method)
+    if isinstance(method, GDRestarts):  # R runs of method.base (bench._restarts)
+        from synaprune.bench._restarts import run_restarts_single
+
+        return run_restarts_single(run_single, problem, method, seed, steps,
+                                   curve_points=curve_points, until_converged=until_converged,
+                                   grad_tol=grad_tol, classify=classify)
     method = method.for_budget(steps)
     start = time.perf_counter()
     cost, base_cost = 0.0, step_cost(method, problem)
@@ -496,6 +502,13 @@ def run_seeds(
         raise ValueError(f"Invalid seeds: no duplicates allowed, got {repeated} more than once")
     if steps < 0:
         raise ValueError(f"Invalid steps: {steps}; must be >= 0")
+    if isinstance(method, GDRestarts):  # the S x R runs of method.base (bench._restarts)
+        from synaprune.bench._restarts import run_restarts_batched
+
+        return run_restarts_batched(run_seeds, problem, method, seeds, steps,
+                                    curve_points=curve_points, on_step=on_step,
+                                    until_converged=until_converged, grad_tol=grad_tol,
+                                    classify=classify)
     start = time.perf_counter()
     n = len(seeds)
     models = [problem.build_model(s) for s in seeds]

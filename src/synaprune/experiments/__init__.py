@@ -35,7 +35,7 @@ __all__ = ["EXPERIMENTS", "ExperimentResult", "StoredExperiment", "run_experimen
 
 # Modules written by different people; one not present yet (not merged) is skipped.
 _MODULES = ("random_neurons", "depth", "width_spread", "step_size", "gradient_growth",
-            "landscape")
+            "landscape", "safran_shamir")
 
 
 def _load() -> dict[str, ModuleType]:

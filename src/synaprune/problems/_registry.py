@@ -89,7 +89,8 @@ _REGISTRY: dict[str, _Entry] = {
             "n": _option(
                 int, None, "teacher neurons (default k; needs n <= k, n <= d)", _at_least(1)
             ),
-            "d": _option(int, None, "input dimension (default k)", _at_least(1)),
+            "d": _option(int, None, "input dimension (default n; k > n over-parameterises)",
+                         _at_least(1)),
             "exact": _option(bool, True, "closed-form population loss instead of samples"),
             "N": _option(int, 2000, "number of Gaussian samples when exact=False", _at_least(1)),
         },
@@ -161,7 +162,8 @@ def get_problem(spec: str, **options: Any) -> Problem:
     problem               options (defaults)
     ====================  ===========================================================
     ``xor``               ``hidden=2`` (2 or 3)
-    ``teacher-student``   ``k=8``, ``n=k``, ``d=k``, ``exact=true``, ``N=2000``
+    ``teacher-student``   ``k=8`` (student), ``n=k`` (teacher), ``d=n``, ``exact=true``,
+                          ``N=2000``
     ``spirals``           ``N=200``, ``turns=2.5``, ``noise=0.0``, ``hidden=8``,
                           ``layers=2``
     ``gaussians``         ``N=200``, ``components=4`` (>= 4)

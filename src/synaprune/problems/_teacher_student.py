@@ -2,6 +2,11 @@
 
 Student ``x -> sum_{i=1..k} relu(w_i . x)``, teacher ``x -> sum_{j=1..n} relu(e_j . x)``,
 ``x ~ N(0, I_d)``, output weights fixed to 1, loss ``E[(student(x) - teacher(x))^2] / 2``.
+The paper's notation: k student neurons, n teacher neurons (default n = k), d = n by default.
+Mild over-parameterisation (Safran, Yehudai & Shamir 2021) is k > n: ``k=10,n=8`` is the
+teacher of ``k=8`` with 2 extra student neurons. The global loss stays 0 (an extra neuron can
+be zero or share a teacher direction with another), so success (loss below the tolerance)
+keeps its meaning.
 With Gaussian inputs the loss has a closed form through the kernel
 
     E[relu(w . x) relu(v . x)] = |w| |v| (sin t + (pi - t) cos t) / (2 pi),
@@ -19,7 +24,7 @@ from torch import Tensor, nn
 
 from ._base import DTYPE, Problem, per_example_mse
 
-__all__ = ["TwoLayerReLU", "relu_kernel", "teacher_student_problem"]
+__all__ = ["TwoLayerReLU", "relu_kernel", "relu_kernel_basis", "teacher_student_problem"]
 
 # Below this squared sine of the angle, w and v are treated as exactly (anti-)parallel. The
 # kernel's non-smooth part is O(t^3) there, so dropping it changes the value by ~1e-24, the
@@ -65,11 +70,47 @@ def relu_kernel(w: Tensor, v: Tensor) -> Tensor:
     dot = w @ v.T  # P, [k, n]
     w_sq = w.square().sum(dim=1)  # |w_i|^2, [k]
     v_sq = v.square().sum(dim=1)  # |v_j|^2, [n]
-    w_sq_safe = torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
-    # Component of v_j orthogonal to w_i: [k, n, d].
-    v_perp = v[None, :, :] - (dot / w_sq_safe[:, None])[:, :, None] * w[:, None, :]
-    s_sq = w_sq[:, None] * v_perp.square().sum(dim=2)  # S^2 = |w|^2 |v_perp|^2
-    generic = s_sq > _PARALLEL_SIN2 * w_sq[:, None] * v_sq[None, :]
+    norms_sq = w_sq[:, None] * v_sq[None, :]
+    # The value of S^2 from the component of v_j orthogonal to w_i ([k, n, d], accurate when
+    # nearly parallel), outside autograd; its derivatives from |w|^2 |v|^2 - P^2, the same
+    # function, whose derivatives are exact polynomials: only the value of that form suffers
+    # cancellation. Errors of the derivatives (eps / t relative) reach the kernel damped by
+    # dk/dS = sin^2 t / (2 pi). Keeping the [k, n, d] tensor out of the graph saves most of
+    # the cost of a gradient in the seed-batched runner (docs/benchmarks.md).
+    wd, vd, dotd = w.detach(), v.detach(), dot.detach()
+    w_sq_d = w_sq.detach()
+    w_sq_safe = torch.where(w_sq_d > 0, w_sq_d, torch.ones_like(w_sq_d))
+    v_perp = vd[None, :, :] - (dotd / w_sq_safe[:, None])[:, :, None] * wd[:, None, :]
+    accurate = w_sq_d[:, None] * v_perp.square().sum(dim=2)  # S^2 = |w|^2 |v_perp|^2
+    lagrange = norms_sq - dot.square()
+    s_sq = lagrange + (accurate - lagrange.detach())
+    return _kernel(dot, s_sq, norms_sq)
+
+
+def relu_kernel_basis(w: Tensor, n: int) -> Tensor:
+    """:func:`relu_kernel` of ``w`` against the first n standard basis vectors e_1..e_n.
+
+    For v = e_j, ``P = w_ij`` and ``S^2 = |w_i|^2 - w_ij^2 = sum_{a != j} w_ia^2``, computed as
+    that sum (a matrix product with a 0/1 mask): a sum of non-negative terms, as accurate as
+    :func:`relu_kernel`'s orthogonal component and without its [k, n, d] intermediates.
+
+    Args:
+        w: Tensor of size [k, d], d >= n.
+        n: Number of basis vectors.
+
+    Returns:
+        Tensor of size [k, n].
+    """
+    if w.dim() != 2 or not 1 <= n <= w.shape[1]:
+        raise ValueError(f"Expected w of size [k, d] with d >= n={n}, got {list(w.shape)}")
+    others = 1.0 - torch.eye(w.shape[1], n, dtype=w.dtype)  # [d, n]: 0 where a == j
+    w_sq = w.square()
+    return _kernel(w[:, :n], w_sq @ others, w_sq.sum(dim=1, keepdim=True).expand(-1, n))
+
+
+def _kernel(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> Tensor:
+    """``(S + (pi - t) P) / (2 pi)`` from P, S^2 and |w|^2 |v|^2, all [k, n]."""
+    generic = s_sq > _PARALLEL_SIN2 * norms_sq
     # Double where: sqrt never sees 0, and masked entries get exactly zero gradient.
     s = torch.where(generic, torch.sqrt(torch.where(generic, s_sq, torch.ones_like(s_sq))), 0.0)
     # atan2(0, 0) has an undefined gradient; only zero vectors reach it, where P = 0 anyway.
@@ -78,12 +119,10 @@ def relu_kernel(w: Tensor, v: Tensor) -> Tensor:
     return (s + (math.pi - angle) * dot) / (2 * math.pi)
 
 
-def _population_loss(
-    w: Tensor, a: Tensor, teacher: Tensor, b: Tensor, teacher_term: Tensor
-) -> Tensor:
-    """``E[(sum_i a_i relu(w_i.x) - sum_j b_j relu(v_j.x))^2] / 2`` in closed form."""
+def _population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tensor) -> Tensor:
+    """``E[(sum_i a_i relu(w_i.x) - sum_j b_j relu(e_j.x))^2] / 2`` in closed form."""
     student_term = a @ relu_kernel(w, w) @ a
-    cross_term = a @ relu_kernel(w, teacher) @ b
+    cross_term = a @ relu_kernel_basis(w, n) @ b
     return 0.5 * (student_term - 2.0 * cross_term + teacher_term)
 
 
@@ -131,7 +170,9 @@ class TwoLayerReLU(nn.Module):
 def teacher_student_problem(k: int, n: int | None, d: int | None, exact: bool, N: int) -> Problem:
     """Build the teacher-student problem (see :func:`synaprune.problems.get_problem`)."""
     n = k if n is None else n
-    d = k if d is None else d
+    # The input dimension follows the teacher: k > n is then the over-parameterised student
+    # of the same teacher in the same R^n (Safran, Yehudai & Shamir 2021), not a new problem.
+    d = n if d is None else d
     if n > k:
         raise ValueError(
             f"Option 'n'={n} of problem 'teacher-student' must be <= k={k} "
@@ -148,7 +189,7 @@ def teacher_student_problem(k: int, n: int | None, d: int | None, exact: bool, N
 
     def exact_loss(state: Mapping[str, Tensor]) -> Tensor:
         return _population_loss(
-            state["hidden.weight"], state["output_weight"], teacher, b, teacher_term
+            state["hidden.weight"], state["output_weight"], n, b, teacher_term
         )
 
     def per_example_loss(output: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,67 @@
+"""How the cost of the Safran & Shamir table grows with k: CPU time per step of one batch.
+
+Exact command (from the repository root):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/safran_shamir_cost.py --k 6 8 10 12 14 16 18 20
+
+For each k, ``run_seeds`` trains ``--seeds`` seeds of ``teacher-student:k=K`` with ``gd`` at
+step 5/k for ``--steps`` steps (the runner steps every seed of a batch until the last stops, so
+a cell of ``synaprune experiment safran-shamir`` costs about its cap times this), timed in
+process CPU time (the machine is shared: wall time counts the other jobs). The dense-Hessian
+classification of one run is timed too. The exponent is the least-squares slope of
+log(time per step) on log(k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from synaprune.bench import get_method, run_seeds
+from synaprune.bench.kinds import hessian_extremes
+from synaprune.problems import get_problem
+
+
+def main() -> None:
+    """Print a Markdown table and the fitted exponent."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[6, 8, 10, 12, 14, 16, 18, 20])
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread, {args.seeds} seeds, {args.steps} steps, "
+          "CPU time")
+    print()
+    print("| k | ms per step of the batch | us per seed-step | s per Hessian classification |")
+    print("|---:|---:|---:|---:|")
+    points = []
+    for k in args.k:
+        problem = get_problem(f"teacher-student:k={k}")
+        method = get_method("gd", lr=5.0 / k)
+        run_seeds(problem, method, range(2), 3)  # warm-up
+        start = time.process_time()
+        results = run_seeds(problem, method, range(args.seeds), args.steps)
+        elapsed = time.process_time() - start
+        iterations = max(r.steps for r in results) + 1
+        start = time.process_time()
+        hessian_extremes(problem, results[0].params)  # the classification's Hessian check
+        hessian = time.process_time() - start
+        per_step = elapsed / iterations
+        points.append((math.log(k), math.log(per_step)))
+        print(f"| {k} | {1e3 * per_step:.2f} | {1e6 * per_step / args.seeds:.1f} | "
+              f"{hessian:.3f} |")
+    if len(points) > 1:
+        mx = sum(x for x, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        slope = (sum((x - mx) * (y - my) for x, y in points)
+                 / sum((x - mx) ** 2 for x, _ in points))
+        print()
+        print(f"time per step grows like k^{slope:.2f} over k = {args.k[0]}..{args.k[-1]}")
+
+
+if __name__ == "__main__":
+    main()
