@@ -121,6 +121,12 @@ def _curve_xy(row: dict[str, Any], scale: float) -> tuple[np.ndarray, np.ndarray
     return x, np.where(np.isfinite(y), y, np.inf)
 
 
+def _axis_scale(row: dict[str, Any], cost: bool) -> float | None:
+    """Steps to the x axis: 1 per step, or the run's cost per step with ``cost`` (None when
+    its cost is not recorded)."""
+    return cost_per_step(row) if cost else 1.0
+
+
 def loss_band(rows: Sequence[dict[str, Any]], *, cost: bool = False,
               quantiles: tuple[float, float, float] = (0.1, 0.5, 0.9)) -> Band | None:
     """The loss over seeds: low, median and high quantiles on the union of the curves' points.
@@ -136,13 +142,8 @@ def loss_band(rows: Sequence[dict[str, Any]], *, cost: bool = False,
     """
     curves = []
     for row in rows:
-        scale = 1.0
-        if cost:
-            cps = cost_per_step(row)
-            if cps is None:
-                continue
-            scale = cps
-        if row["curve"]:
+        scale = _axis_scale(row, cost)
+        if scale is not None and row["curve"]:
             curves.append(_curve_xy(row, scale))
     if not curves:
         return None
@@ -166,12 +167,9 @@ def equal_budget_success(rows: Sequence[dict[str, Any]], budget: float, *,
     """
     wins = n = 0
     for row in rows:
-        scale = 1.0
-        if cost:
-            cps = cost_per_step(row)
-            if cps is None:
-                continue
-            scale = cps
+        scale = _axis_scale(row, cost)
+        if scale is None:
+            continue
         n += 1
         if row["success"] and row["steps_to_success"] is not None \
                 and row["steps_to_success"] * scale <= budget * (1 + 1e-12):
