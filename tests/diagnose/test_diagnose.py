@@ -126,7 +126,7 @@ def test_minimum_is_named_with_hessian_evidence(built):
     assert d.kind == "local minimum"
     assert d.grad_norm < 1e-8
     assert "local-minimum" in d.codes()
-    assert "noise" in d.finding("local-minimum").setting
+    assert 'preset="escape"' in d.finding("local-minimum").setting
 
 
 def test_saddle_is_named_with_its_index(built):
@@ -490,8 +490,17 @@ def test_remedies_never_recommend_what_the_run_uses():
     for f in d.findings:
         assert 'aggregation="blend"' not in f.setting, f.code
     assert 'aggregation="rms"' in d.finding("high-cancellation").setting
-    assert 'noise=1e-2' in d.finding("local-minimum").setting
-    assert 'aggregation="blend" 0.5 (mechanism A)' in d.finding("local-minimum").remedy
+    assert 'preset="escape"' in d.finding("local-minimum").setting
+    # a run with weight noise (the escape preset, or a lab method with noise) is not told noise
+    for used in ("synaprune-escape", "synaprune-b:noise=0.01",
+                 SynaPrune(model.parameters(), lr=0.1, preset="escape", total_steps=100)):
+        f = diagnose(model, F.mse_loss, (x, y), method=used).finding("local-minimum")
+        assert "noise" not in f.setting and "preset" not in f.setting
+        assert "gd-restarts" in f.setting
+        assert "already uses weight noise or perturbations (mechanism B)" in f.remedy
+    f = diagnose(model, F.mse_loss, (x, y), method="gd-restarts:restarts=4"
+                 ).finding("local-minimum")
+    assert 'preset="escape"' in f.setting  # restarts already used: noise is the remedy
 
 
 def test_measured_remedies_say_what_was_measured():

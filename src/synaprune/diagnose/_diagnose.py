@@ -711,6 +711,10 @@ _NOISE_SETTING = 'SynaPrune(model.parameters(), lr=..., noise=1e-3, noise_trigge
 _BLEND_SETTING = 'SynaPrune(model.parameters(), lr=..., aggregation="blend", blend=0.5)'
 _RMS_SETTING = 'SynaPrune(model.parameters(), lr=..., aggregation="rms")'
 _ADAM_SETTING = 'SynaPrune(model.parameters(), lr=..., base="adam")'
+_ESCAPE_SETTING = ('SynaPrune(model.parameters(), lr=..., preset="escape", total_steps=N)  '
+                   '# N: the training budget in optimizer steps')
+_RESTARTS_SETTING = ("R fresh initialisations, each trained for N / R steps, the best kept "
+                     "(the lab's gd-restarts:restarts=R)")
 _SFN_SETTING = ("SaddleFreeNewton(model.parameters(), lr=1.0, damping=0.01, krylov_dim=20)  "
                 "# step along |H|^-1 g: negative curvature becomes descent")
 # A remedy's candidates, in order of preference: (features it switches on, setting, the lab
@@ -795,12 +799,13 @@ def _findings(d: Diagnosis, settings: RunSettings | None = None) -> list[Finding
         out.append(_finding(
             d, settings, "local-minimum", f"local minimum at loss {d.loss:.4g}: if that is "
             "above the loss you expect, it is a bad local minimum", ev_point,
-            "escape with magnitude-proportional weight noise (SynaPrune mechanism B) or "
-            "rms/blend aggregation, which keeps moving where per-example gradients cancel",
-            [(("noise", "blend"), 'SynaPrune(model.parameters(), lr=..., noise=1e-2, '
+            "escape with magnitude-proportional weight noise that decays to 0 over the budget "
+            "(SynaPrune's escape preset, mechanism B; docs/noise-escape.md), or restart from "
+            "fresh initialisations sharing the budget and keep the best",
+            [(("noise",), _ESCAPE_SETTING, "synaprune-escape"),
+             (("noise", "blend"), 'SynaPrune(model.parameters(), lr=..., noise=1e-2, '
               'noise_trigger="stall", aggregation="blend", blend=0.5)', "synaprune-ab"),
-             (("noise",), 'SynaPrune(model.parameters(), lr=..., noise=1e-2, '
-              'noise_trigger="stall")', "synaprune-b")]))
+             (("restarts",), _RESTARTS_SETTING, "gd-restarts")]))
     elif d.kind == "ill-conditioned valley":
         c = d.curvature_along_gradient
         out.append(_finding(

@@ -190,6 +190,7 @@ class RunSettings:
             1e-2 the tiny-weights remedy suggests (the default 1e-8 barely moves a zero weight).
         penalty: mechanism C, the activation-gradient penalty.
         saddle_free: saddle-free Newton.
+        restarts: restarts from fresh initialisations (the lab's ``gd-restarts``).
     """
 
     name: str | None = None
@@ -201,6 +202,7 @@ class RunSettings:
     noise_eps: bool = False
     penalty: bool = False
     saddle_free: bool = False
+    restarts: bool = False
 
     def uses(self, feature: str) -> bool:
         """Whether the run already uses ``feature`` (one of the remedies' features)."""
@@ -216,6 +218,8 @@ class RunSettings:
             return self.noise and self.noise_eps
         if feature == "saddle-free":
             return self.saddle_free
+        if feature == "restarts":
+            return self.restarts
         raise ValueError(f"unknown feature {feature!r}")
 
     def said(self, feature: str) -> str:
@@ -230,6 +234,8 @@ class RunSettings:
             return "weight noise with a floor noise_eps (mechanism B)"
         if feature == "noise":
             return "weight noise or perturbations (mechanism B)"
+        if feature == "restarts":
+            return "restarts from fresh initialisations"
         return "saddle-free Newton"
 
 
@@ -264,14 +270,16 @@ def run_settings(method: Any) -> RunSettings:
     if isinstance(method, Method):
         aggregation = getattr(method, "aggregation", "mean")
         blend = getattr(method, "blend", None) if aggregation == "blend" else None
-        noisy = method.name in ("perturbed-gd", "gradient-noise") or (
+        # synaprune-escape sets its noise through the preset, not a noise option
+        noisy = method.name in ("perturbed-gd", "gradient-noise", "synaprune-escape") or (
             float(getattr(method, "noise", 0.0) or 0.0) > 0)
         return RunSettings(
             name=method.name, description=method.spec,
             per_coordinate=method.name == "adam" or getattr(method, "base", "") == "adam",
             aggregation=aggregation, blend=blend, noise=noisy,
             penalty=method.penalty is not None,
-            saddle_free=method.name == "saddle-free-newton")
+            saddle_free=method.name == "saddle-free-newton",
+            restarts=method.name == "gd-restarts")
     if isinstance(method, SynaPrune):
         group = method.param_groups[0]
         aggregation = group["aggregation"]
