@@ -240,3 +240,30 @@ def test_lanczos_that_did_not_converge_is_said_with_the_run(monkeypatch) -> None
     with pytest.warns(ConvergenceWarning, match="seed 5: Lanczos stopped"):
         hessian_extremes(problem, {"w": torch.tensor([W_SADDLE, 0.0], dtype=torch.float64)},
                          seed=5)
+
+
+def test_the_unstable_window_starts_once_the_noise_has_ended() -> None:
+    """A noise schedule still kicking in the second half of the budget makes the loss rise;
+    those rises are the noise's, not instability (the escape preset's runs at k = 16 were
+    called unstable at spurious minima): the window starts where sigma_t reaches 0."""
+    assert get_method("gd").settled_from(1000) == 500
+    assert get_method("synaprune-escape").settled_from(1000) == 600  # noise over 60 %
+    assert get_method("synaprune-escape:total_steps=2000").settled_from(1000) == 1200
+    late = get_method("synaprune-b:noise=0.1,noise_schedule=linear,noise_steps=800,"
+                      "noise_trigger=always")
+    assert late.settled_from(1000) == 800
+    assert get_method("synaprune-b:noise=0.1,noise_schedule=linear,noise_steps=100,"
+                      "noise_trigger=always").settled_from(1000) == 500
+    problem = get_problem("spirals")  # a small step never solves it: every run goes on
+    for method in (get_method("synaprune-escape", lr=0.01),
+                   get_method("synaprune-b:lr=0.01,noise=0.1,noise_schedule=linear,"
+                              "noise_steps=800,noise_trigger=always")):
+        single = run_single(problem, method, 0, 1000, classify=False)
+        (batched,) = run_seeds(problem, method, [0], 1000, classify=False)
+        loss_at = {int(p[0]): p[1] for p in single.curve}
+        s = method.for_budget(1000).settled_from(1000)
+        if s in loss_at:  # the stored curve holds that step: the window starts there
+            assert single.tail_start == pytest.approx(loss_at[s], rel=1e-12)
+        assert single.tail_start is not None and single.steps == 1000
+        assert batched.tail_start == pytest.approx(single.tail_start, rel=1e-9)
+        assert batched.tail_rise == pytest.approx(single.tail_rise, rel=1e-9, abs=1e-15)

@@ -146,9 +146,10 @@ def is_unstable(problem: Problem, final_loss: float, tail_start: float | None,
     Args:
         problem: The problem (L* its ``global_loss``, tol its ``tolerance``).
         final_loss: Loss at the end (finite).
-        tail_start: Loss at step ``budget // 2``; None (the run stopped earlier) is never
+        tail_start: Loss at step ``method.settled_from(budget)`` (``budget // 2``, or where
+            the method's noise schedule ends if later); None (the run stopped earlier) is never
             unstable.
-        tail_rise: Sum of max(0, L_t - L_{t-1}) over the steps after ``budget // 2``.
+        tail_rise: Sum of max(0, L_t - L_{t-1}) over the steps after that one.
     """
     if tail_start is None:
         return False
@@ -249,7 +250,8 @@ def classify(problem: Problem, *, status: str, final_loss: float,
         final_grad_norm: Full-batch gradient norm at the end (None: unknown, read as not
             small).
         params: Final parameters by name.
-        tail_start, tail_rise: The run's loss at step ``budget // 2`` and its rises after that
+        tail_start, tail_rise: The run's loss at step ``method.settled_from(budget)`` and its
+            rises after that
             (:class:`synaprune.bench.runner.RunResult`), for :func:`is_unstable`.
         grad_tol: Absolute gradient tolerance, or None for the relative default
             (:func:`gradient_threshold`).

@@ -218,6 +218,12 @@ class Method:
         left unset (``total_steps=none``) take it. Most methods do not depend on it."""
         return self
 
+    def settled_from(self, steps: int) -> int:
+        """First step of a ``steps``-step run from which a rising loss means instability (the
+        window of the ``unstable`` kind): the second half of the budget, or later for a
+        method whose noise schedule is still kicking then (its rises are the noise's)."""
+        return steps // 2
+
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         """Build the ordinary optimizer for these parameters.
 
@@ -532,6 +538,12 @@ class SynaPruneMethod(Method):
         """Mechanism B's loss guard is on."""
         return "b" in self.mechanisms and self.noise_guard is not None
 
+    def settled_from(self, steps: int) -> int:
+        if "b" in self.mechanisms and self.noise > 0 and self.noise_steps is not None \
+                and self.noise_schedule in ("linear", "cosine"):
+            return max(steps // 2, self.noise_steps)  # sigma_t = 0 from noise_steps on
+        return steps // 2
+
     @classmethod
     def _fields_of(cls, mechanisms: str = "abc") -> dict[str, dataclasses.Field]:
         return {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata
@@ -624,6 +636,13 @@ class EscapeMethod(Method):
     def for_budget(self, steps: int) -> Method:
         return self if self.total_steps is not None else dataclasses.replace(
             self, total_steps=max(1, steps))
+
+    def settled_from(self, steps: int) -> int:
+        from synaprune.optim.presets import preset_options
+
+        total = self.total_steps if self.total_steps is not None else max(1, steps)
+        noise_steps = preset_options("escape", total, {})["noise_steps"]
+        return max(steps // 2, noise_steps)
 
     def make_optimizer(self, params: Iterable[Tensor], generator: Generators = None) -> Optimizer:
         if self.total_steps is None:

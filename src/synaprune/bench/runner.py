@@ -115,8 +115,9 @@ class RunResult:
         saddle_index: Negative Hessian eigenvalues found; None if not computed.
         cost: Cost of the run in gradient-equivalents (one full-batch gradient = 1); None
             when not counted.
-        tail_start: Training loss at step ``budget // 2`` (None if the run stopped before).
-        tail_rise: Sum over the steps t > ``budget // 2`` of max(0, L_t - L_{t-1}): how much
+        tail_start: Training loss at step ``method.settled_from(budget)`` (``budget // 2``, or
+            where the method's noise schedule ends if later; None if the run stopped before).
+        tail_rise: Sum over the steps t after that step of max(0, L_t - L_{t-1}): how much
             the loss went up in the second half of the budget, at every step (not the
             downsampled curve); with ``tail_start`` it tells an unstable run
             (:func:`synaprune.bench.kinds.is_unstable`). Not stored.
@@ -283,6 +284,7 @@ def run_single(
     cost, base_cost = 0.0, step_cost(method, problem)
     tail_start: float | None = None
     tail_rise, previous = 0.0, math.nan
+    settled = method.settled_from(steps)  # the window of the "unstable" kind
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
@@ -312,9 +314,9 @@ def run_single(
                     loss = problem.loss(model)
         loss_value = loss.item()
         best = min(best, loss_value) if math.isfinite(loss_value) else best
-        if t == steps // 2:
+        if t == settled:
             tail_start = _finite_or_none(loss_value)
-        elif t > steps // 2 and math.isfinite(loss_value):
+        elif t > settled and math.isfinite(loss_value):
             tail_rise += max(loss_value - previous, 0.0)
         previous = loss_value
         point: list[float | None] = [t, _finite_or_none(loss_value), None]
@@ -552,7 +554,7 @@ def run_seeds(
     best = torch.full((n,), math.inf, dtype=torch.float64)
     cost = torch.zeros(n, dtype=torch.float64)
     base_cost = step_cost(method, problem)
-    half = steps // 2
+    half = method.settled_from(steps)  # the window of the "unstable" kind
     tail_start = torch.full((n,), math.nan, dtype=torch.float64)
     tail_rise = torch.zeros(n, dtype=torch.float64)
     previous = torch.zeros(n, dtype=torch.float64)
