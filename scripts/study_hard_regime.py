@@ -54,13 +54,15 @@ def collect(out: Path, cost: float) -> list[dict[str, Any]]:
         at_c = {(s.problem, s.method, s.budget): s for s in summarize(rows, at_cost=cost)}
         meta = {}
         for r in rows:
-            meta.setdefault((r["problem"], r["method"], r["budget"]), (r["problem_params"], r["method_name"],
-                                                          r["method_options"], []))[3].append(r)
+            cell = (r["problem"], r["method"], r["budget"])
+            meta.setdefault(cell, (r["problem_params"], r["method_name"], r["method_options"],
+                                   []))[3].append(r)
         for key, (pp, name, opts, runs) in meta.items():
             mode, n, k = problem_key(pp)
             spur = [r for r in runs if r["kind"] == "spurious"]
             cells.append(dict(
-                mode=mode, n=n, k=k, budget=key[2], label=method_label(name, opts, k, n), lr=opts.get("lr"),
+                mode=mode, n=n, k=k, budget=key[2], label=method_label(name, opts, k, n),
+                lr=opts.get("lr"),
                 steps=steps[key], cost=at_c[key],
                 spur_loss=statistics.median(r["final_loss"] for r in spur) if spur else None,
                 spur_eig=statistics.median(r["min_eig"] for r in spur
@@ -83,6 +85,11 @@ def problem_name(c: dict[str, Any]) -> str:
     """``exact k=8``, ``sampled k=8, N=2000``; the budget when it is not the study's 3000."""
     return (f"{c['mode']} k={c['n']}" + (", N=2000" if c["mode"] == "sampled" else "")
             + (f", {c['budget']} steps" if c["budget"] != BUDGET else ""))
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted, or ``-`` when there is none."""
+    return "-" if value is None else format(value, spec)
 
 
 def tables(cells: list[dict[str, Any]], cost: float) -> str:
@@ -116,7 +123,6 @@ def tables(cells: list[dict[str, Any]], cost: float) -> str:
             f"{s.kind_spurious}/{g.kind_spurious} = {s.kind_spurious / g.kind_spurious:.2f}")
         five = "-" if g is None or c["label"] == "gd" else (
             "yes" if 5 * s.kind_spurious <= g.kind_spurious else "no")
-        fmt = (lambda v, f: "-" if v is None else format(v, f))
         out.append(f"| {problem_name(c)} | {c['label']} | {ratio} | {five} "
                    f"| {fmt(c['spur_loss'], '.4g')} | {fmt(c['spur_eig'], '.2g')} "
                    f"| {fmt(c['moving_grad'], '.1e')} |")
@@ -137,7 +143,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 + 3 * (len(modes) - 1), 7.5),
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
-    markers = dict(zip(ORDER, "osv^DP"))
+    markers = dict(zip(ORDER, "osv^DP", strict=True))
     rows = (("spurious minima", lambda s: s.kind_spurious),
             ("failed (not global)", lambda s: s.runs - s.kind_global))
     for col, mode in enumerate(modes):
@@ -151,8 +157,8 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                 x = [k + 0.18 * (i - 2.5) for k, _ in pts]
                 y = [100 * count(s) / s.runs for _, s in pts]
                 ci = [wilson_interval(count(s), s.runs) for _, s in pts]
-                err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci)],
-                       [100 * hi - yy for yy, (_, hi) in zip(y, ci)]]
+                err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
+                       [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
                 ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3,
                             linestyle="-" if len(pts) > 1 else "none", label=label)
             ax.set_xticks(sorted({c["n"] for c in group}))
