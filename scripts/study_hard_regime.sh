@@ -34,5 +34,6 @@ fi
 # k = 16, and k = 16 at twice the budget (does the 3000-step verdict there hold with more steps?)
 run --problem teacher-student:k=17,n=16 --problem teacher-student:k=18,n=16 --method gd:lr=0.3125 \
   --db "$OUT/e16.db"
-run --problem teacher-student:k=16 --method "$(methods 0.3125)" --db "$OUT/e16_6000.db" --steps 6000
+run --problem teacher-student:k=16 --method "$(methods 0.3125)" --db "$OUT/e16_6000.db" --steps 6000 \
+  --seeds 100  # seeds 0-99 only: the time left
 echo "$(date -u +%T) done" >&2
