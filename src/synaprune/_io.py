@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["atomic_directory", "atomic_output"]
@@ -39,15 +39,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         'hello'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        break
+    tmp = _fresh(path, lambda: f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}",
+                 lambda t: os.close(os.open(t, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
         yield tmp
         os.replace(tmp, path)
@@ -84,14 +77,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         'hi'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.mkdir(0o777)
-        except FileExistsError:
-            continue
-        break
+    tmp = _fresh(path, lambda: f".{path.name}.{secrets.token_hex(4)}.tmp",
+                 lambda t: t.mkdir(0o777))
     try:
         yield tmp
         if path.exists():
@@ -108,3 +95,16 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fresh(path: Path, name: Callable[[], str], create: Callable[[Path], object]) -> Path:
+    """Create a new entry beside ``path`` (same folder, so a rename onto ``path`` is atomic)
+    under a random ``name()``, retrying on a clash; its parent folders are made first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.with_name(name())
+        try:
+            create(tmp)
+        except FileExistsError:
+            continue
+        return tmp

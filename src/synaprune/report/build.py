@@ -187,28 +187,32 @@ def _problem_notes(p: _Problem, table: RunTable,
                  for (m, _), s in seeds.items()]
         p.notes.append("Partial: the methods were run on different seeds, so their rates are "
                        "not paired; " + "; ".join(parts) + ".")
-    if "kind" not in table.recorded:
-        p.notes.append("Failure kinds not recorded in this database: failed runs are shown as "
-                       "'failed, kind not recorded' (diverged runs are known from their "
-                       "status).")
-    elif any(r["kind"] is None for r in p.rows):
-        missing = sum(1 for r in p.rows if r["kind"] is None)
-        p.notes.append(f"Failure kinds not recorded for {missing} of {len(p.rows)} runs "
-                       "(written before the database recorded them).")
+    _coverage_note(p, table, "kind", "Failure kinds",
+                   ": failed runs are shown as 'failed, kind not recorded' (diverged runs are "
+                   "known from their status).",
+                   " (written before the database recorded them).")
     bad = _stats.kind_mismatches(p.rows)
     if bad:
         ids = ", ".join(str(r["id"]) for r in bad[:10])
         p.notes.append(f"{len(bad)} runs have a recorded kind that contradicts their status "
                        f"(ids {ids}{', ...' if len(bad) > 10 else ''}): the figures show the "
                        "recorded kind, the success column the status.")
-    if "cost" not in table.recorded:
-        p.notes.append("Costs not recorded in this database: no equal-cost view (the "
-                       "equal-steps view is exact for every method; methods whose steps cost "
-                       "more, such as sam or saddle-free-newton, are favoured by it).")
-    elif any(r["cost"] is None for r in p.rows):
-        missing = sum(1 for r in p.rows if r["cost"] is None)
-        p.notes.append(f"Costs not recorded for {missing} of {len(p.rows)} runs: the "
-                       "equal-cost view leaves them out.")
+    _coverage_note(p, table, "cost", "Costs",
+                   ": no equal-cost view (the equal-steps view is exact for every method; "
+                   "methods whose steps cost more, such as sam or saddle-free-newton, are "
+                   "favoured by it).",
+                   ": the equal-cost view leaves them out.")
+
+
+def _coverage_note(p: _Problem, table: RunTable, column: str, what: str, absent: str,
+                   partial: str) -> None:
+    """Say when ``column`` is not in the database at all, or is NULL for some runs."""
+    if column not in table.recorded:
+        p.notes.append(f"{what} not recorded in this database{absent}")
+        return
+    missing = sum(1 for r in p.rows if r[column] is None)
+    if missing:
+        p.notes.append(f"{what} not recorded for {missing} of {len(p.rows)} runs{partial}")
 
 
 def _write_problem(p: _Problem, table: RunTable, fig_dir: Path, n_diag: int, k: int,
