@@ -1,16 +1,18 @@
-"""Cost of the seed-batched teacher-student gradient: the kernel with and without autograd
-through its [k, n, d] orthogonal component.
+"""Cost of the seed-batched teacher-student gradient, three ways: autograd through the
+kernel's [k, n, d] orthogonal component (the first formula), autograd through
+:func:`synaprune.problems.relu_kernel` (that component's value outside autograd: the formula
+before the closed-form gradient), and the closed-form gradient of ``_PopulationLoss`` (now).
 
 Exact command (from the repository root):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/teacher_student_kernel.py --k 8 16 --seeds 256
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/teacher_student_kernel.py --k 8 12 16 --seeds 256
 
-For each k, ``vmap(grad(loss))`` over ``--seeds`` stacked students is timed for the loss as the
-problem computes it now (:mod:`synaprune.problems._teacher_student`: S^2's value from the
-orthogonal component outside autograd, the teacher term by ``relu_kernel_basis``) and for the
-reference formula (autograd through the orthogonal component, both terms), alternating the two
-in each of ``--rounds`` rounds in this one process; the ratio is the median over rounds. The
-gradients of the two are compared too.
+For each k, the seed-batched runner's step is timed: the loss of ``--seeds`` stacked students
+by ``vmap``, summed, and one ``backward`` (what :func:`synaprune.bench.run_seeds` does each
+step). The three are alternated in each of ``--rounds`` rounds in this one process; ratios are
+medians over rounds. Their gradients are compared too. (``torch.func.grad`` always records
+the graph of its backward, so under it the closed form takes its second-order path, with the
+accurate S^2; the runner's step does not.)
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import argparse
 import math
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import vmap
 
-from synaprune.problems._teacher_student import _population_loss, relu_kernel
+from synaprune.problems._teacher_student import _population_loss, population_loss, relu_kernel
 
 
 def reference_kernel(w: Tensor, v: Tensor) -> Tensor:
@@ -43,7 +46,7 @@ def reference_kernel(w: Tensor, v: Tensor) -> Tensor:
 def main() -> None:
     """Print a Markdown table: k, ms per batched gradient (reference, now), ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--k", type=int, nargs="+", default=[8, 12, 16])
     parser.add_argument("--seeds", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10, help="gradients timed per round")
@@ -51,8 +54,9 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, {args.seeds} seeds, float64")
     print()
-    print("| k | reference (ms) | now (ms) | speed-up | max gradient difference |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| k | orthogonal component (ms) | relu_kernel (ms) | closed form (ms) | "
+          "closed form vs relu_kernel | vs orthogonal | max gradient difference |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.k:
         print(_row(k, args.seeds, args.rounds, args.reps))
 
@@ -69,21 +73,41 @@ def _row(k: int, seeds: int, rounds: int, reps: int) -> str:
         cross = ones @ reference_kernel(x, teacher) @ ones
         return 0.5 * (student - 2.0 * cross + teacher_term)
 
-    def now(x: Tensor) -> Tensor:
+    def autograd_kernel(x: Tensor) -> Tensor:
         return _population_loss(x, ones, k, ones, teacher_term)
 
-    old, new = vmap(grad(reference)), vmap(grad(now))
-    diff = (old(w) - new(w)).abs().max().item()
-    times: dict[str, list[float]] = {"old": [], "new": []}
+    def closed_form(x: Tensor) -> Tensor:
+        return population_loss(x, ones, k, ones, teacher_term)
+
+    def runner_step(loss: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
+        leaf = w.clone().requires_grad_(True)
+
+        def step() -> Tensor:
+            leaf.grad = None
+            vmap(loss)(leaf).sum().backward()
+            return leaf.grad
+        return step
+
+    steps = {"orthogonal": runner_step(reference), "relu_kernel": runner_step(autograd_kernel),
+             "closed": runner_step(closed_form)}
+    grads = {name: f().clone() for name, f in steps.items()}
+    diff = max((g - grads["orthogonal"]).abs().max().item() for g in grads.values())
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, f in (("old", old), ("new", new)):
+        for name, f in steps.items():
             start = time.perf_counter()
             for _ in range(reps):
-                f(w)
+                f()
             times[name].append((time.perf_counter() - start) / reps)
-    ratio = statistics.median(o / n for o, n in zip(times["old"], times["new"], strict=True))
-    return (f"| {k} | {1e3 * statistics.median(times['old']):.1f} | "
-            f"{1e3 * statistics.median(times['new']):.1f} | {ratio:.2f}x | {diff:.1e} |")
+
+    def ratio(slow: str) -> float:
+        return statistics.median(o / n for o, n in zip(times[slow], times["closed"],
+                                                       strict=True))
+
+    ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return (f"| {k} | {ms['orthogonal']:.1f} | {ms['relu_kernel']:.1f} | {ms['closed']:.1f} | "
+            f"{ratio('relu_kernel'):.2f}x | {ratio('orthogonal'):.2f}x | {diff:.1e} |")
+
 
 if __name__ == "__main__":
     main()

@@ -103,27 +103,174 @@ def relu_kernel_basis(w: Tensor, n: int) -> Tensor:
     """
     if w.dim() != 2 or not 1 <= n <= w.shape[1]:
         raise ValueError(f"Expected w of size [k, d] with d >= n={n}, got {list(w.shape)}")
-    others = 1.0 - torch.eye(w.shape[1], n, dtype=w.dtype)  # [d, n]: 0 where a == j
-    w_sq = w.square()
-    return _kernel(w[:, :n], w_sq @ others, w_sq.sum(dim=1, keepdim=True).expand(-1, n))
+    return _kernel(*_teacher_pairs(w, n))
 
 
-def _kernel(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> Tensor:
-    """``(S + (pi - t) P) / (2 pi)`` from P, S^2 and |w|^2 |v|^2, all [k, n]."""
+def _angles(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """S and t from P, S^2 and |w|^2 |v|^2, all [k, n]; S = 0 for (anti-)parallel pairs."""
     generic = s_sq > _PARALLEL_SIN2 * norms_sq
     # Double where: sqrt never sees 0, and masked entries get exactly zero gradient.
     s = torch.where(generic, torch.sqrt(torch.where(generic, s_sq, torch.ones_like(s_sq))), 0.0)
     # atan2(0, 0) has an undefined gradient; only zero vectors reach it, where P = 0 anyway.
     degenerate = ~generic & (dot == 0)
-    angle = torch.atan2(s, torch.where(degenerate, torch.ones_like(dot), dot))
+    return s, torch.atan2(s, torch.where(degenerate, torch.ones_like(dot), dot))
+
+
+def _kernel(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> Tensor:
+    """``(S + (pi - t) P) / (2 pi)`` from P, S^2 and |w|^2 |v|^2, all [k, n]."""
+    s, angle = _angles(dot, s_sq, norms_sq)
     return (s + (math.pi - angle) * dot) / (2 * math.pi)
 
 
 def _population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tensor) -> Tensor:
-    """``E[(sum_i a_i relu(w_i.x) - sum_j b_j relu(e_j.x))^2] / 2`` in closed form."""
+    """``E[(sum_i a_i relu(w_i.x) - sum_j b_j relu(e_j.x))^2] / 2`` in closed form, autograd
+    through :func:`relu_kernel`: the reference of :class:`_PopulationLoss`."""
     student_term = a @ relu_kernel(w, w) @ a
     cross_term = a @ relu_kernel_basis(w, n) @ b
     return 0.5 * (student_term - 2.0 * cross_term + teacher_term)
+
+
+def _student_pairs(w: Tensor, accurate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """P, S^2, |w_i|^2 |w_l|^2 (all [k, k]) and |w_i|^2 ([k]) of the student's own pairs.
+
+    S^2 is ``|w_i|^2 |w_l|^2 - P^2``: only matrix products. Its cancellation error (about
+    eps |w_i|^2 |w_l|^2) reaches the kernel damped by dk/dS = sin^2 t / (2 pi), and the closed
+    form gradient of :func:`_population_grad` combines it into ``(w_i / |w_i| - cos t
+    w_l / |w_l|) dS / |w_i|``, of size sin t dS, so both stay within a few eps. Second
+    derivatives through it would not (an error eps / sin t), so ``accurate=True`` takes the
+    value of S^2 from the component of w_l orthogonal to w_i ([k, k, d], as
+    :func:`relu_kernel`) and only its derivatives from the polynomial. The diagonal is exactly
+    parallel.
+    """
+    dot = w @ w.T
+    w_sq = w.square().sum(dim=1)
+    norms_sq = w_sq[:, None] * w_sq[None, :]
+    eye = torch.eye(w.shape[0], dtype=torch.bool)
+    lagrange = torch.where(eye, 0.0, norms_sq - dot.square())
+    if not accurate:
+        return dot, lagrange, norms_sq, w_sq
+    wd, dotd, w_sq_d = w.detach(), dot.detach(), w_sq.detach()
+    safe = torch.where(w_sq_d > 0, w_sq_d, torch.ones_like(w_sq_d))
+    perp = wd[None, :, :] - (dotd / safe[:, None])[:, :, None] * wd[:, None, :]
+    exact = torch.where(eye, 0.0, w_sq_d[:, None] * perp.square().sum(dim=2))
+    return dot, lagrange + (exact - lagrange.detach()), norms_sq, w_sq
+
+
+def _teacher_pairs(w: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """P, S^2 and |w_i|^2 |e_j|^2 ([k, n] each) against e_1..e_n (:func:`relu_kernel_basis`)."""
+    others = 1.0 - torch.eye(w.shape[1], n, dtype=w.dtype)  # [d, n]: 0 where a == j
+    w_sq = w.square()
+    return w[:, :n], w_sq @ others, w_sq.sum(dim=1, keepdim=True).expand(-1, n)
+
+
+def _population_value(w: Tensor, a: Tensor, b: Tensor, teacher_term: Tensor, n: int
+                      ) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The loss of :func:`_population_loss` from the matrix-product S^2 (no [k, k, d]), and
+    the angles its gradient needs (:func:`_population_grad`'s ``angles``)."""
+    dot, s_sq, norms_sq, w_sq = _student_pairs(w, accurate=False)
+    t_dot, t_s_sq, t_norms_sq = _teacher_pairs(w, n)
+    s, angle = _angles(dot, s_sq, norms_sq)
+    t_s, t_angle = _angles(t_dot, t_s_sq, t_norms_sq)
+    student_term = a @ ((s + (math.pi - angle) * dot) / (2 * math.pi)) @ a
+    cross_term = a @ ((t_s + (math.pi - t_angle) * t_dot) / (2 * math.pi)) @ b
+    loss = 0.5 * (student_term - 2.0 * cross_term + teacher_term)
+    return loss, (w_sq, s, angle, t_s, t_angle)
+
+
+def _population_grad(w: Tensor, a: Tensor, b: Tensor, n: int, accurate: bool,
+                     angles: tuple[Tensor, ...] | None = None) -> Tensor:
+    """Gradient of the population loss with respect to w, [k, d], in closed form.
+
+    With ``grad_w k(w, v) = (S / |w|^2 w + (pi - t) v) / (2 pi)`` (a zero w gets ``v / 2``, the
+    one-sided derivative autograd gives :func:`relu_kernel`):
+    ``dL/dw_i = a_i sum_l a_l grad k(w_i, w_l) - a_i sum_j b_j grad k(w_i, e_j)``: matrix
+    products over the [k, k] and [k, n] angles. Differentiable (``accurate=True`` for
+    second derivatives, see :func:`_student_pairs`); ``angles`` (from
+    :func:`_population_value`, not differentiable) skips recomputing |w|^2, S and t.
+    """
+    if angles is None:
+        dot, s_sq, norms_sq, w_sq = _student_pairs(w, accurate)
+        s, angle = _angles(dot, s_sq, norms_sq)
+        t_s, t_angle = _angles(*_teacher_pairs(w, n))
+    else:
+        w_sq, s, angle, t_s, t_angle = angles
+    inv_sq = 1.0 / torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
+    along_w = (s @ a - t_s @ b) * inv_sq  # [k]
+    towards = ((math.pi - angle) * a) @ w  # [k, d]
+    teacher = (math.pi - t_angle) * b  # [k, n]
+    if w.shape[1] > n:
+        teacher = torch.cat([teacher, teacher.new_zeros(w.shape[0], w.shape[1] - n)], dim=1)
+    return a[:, None] * (along_w[:, None] * w + towards - teacher) / (2 * math.pi)
+
+
+class _PopulationLoss(torch.autograd.Function):
+    """The population loss with its closed-form gradient (:func:`_population_grad`).
+
+    Autograd through :func:`relu_kernel` records about 150 small operations per loss and its
+    student term a [k, k, d] tensor; here the loss and its gradient are a few matrix products
+    over [k, k], which is most of a step of the seed-batched runner at k = 16
+    (docs/benchmarks.md). Second derivatives (Hessian-vector products: a backward with
+    ``create_graph=True``) differentiate the closed-form gradient, recomputed then from w with
+    the accurate S^2. ``vmap`` rule generated (no data-dependent control flow). The forward
+    also returns the angles, which the first-order backward reuses.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w: Tensor, a: Tensor, b: Tensor, teacher_term: Tensor, n: int
+                ) -> tuple[Tensor, ...]:
+        loss, angles = _population_value(w, a, b, teacher_term, n)
+        return (loss, *angles)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
+        w, a, b, _, n = inputs
+        ctx.save_for_backward(w, a, b, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.forward_inputs = (w, a, b)  # not save_for_forward: it breaks vmap's backward here
+        ctx.n = n
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor, *_: Tensor):  # type: ignore[no-untyped-def]
+        w, a, b, *angles = ctx.saved_tensors
+        # Grad mode is on inside backward exactly when the gradient is to be differentiated:
+        # then the angles are recomputed from w, with their derivatives.
+        if torch.is_grad_enabled():
+            grad = _population_grad(w, a, b, ctx.n, accurate=True)
+        else:
+            grad = _population_grad(w, a, b, ctx.n, accurate=False, angles=tuple(angles))
+        return grad_output * grad, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, w_tangent: Tensor, *_: Tensor | None):  # type: ignore[no-untyped-def]
+        # Forward mode (torch.func.jvp, jacfwd, hessian): <grad, tangent>, with the gradient
+        # differentiable for a further transform.
+        if _forward_levels() > 1:
+            raise NotImplementedError(
+                "Forward mode over forward mode (e.g. jvp of jvp) of the teacher-student "
+                "exact loss is not supported: torch drops the outer derivative of a custom "
+                "autograd.Function (pytorch/pytorch#197867) and would return zeros; use "
+                "torch.func.hessian or jacrev(jacfwd(f))")
+        w, a, b = ctx.forward_inputs
+        grad = _population_grad(w, a, b, ctx.n, accurate=True)
+        return ((grad * w_tangent).sum(), *[None] * 5)
+
+
+def _forward_levels() -> int:
+    """How many torch.func forward-mode (jvp) transforms are active."""
+    stack = getattr(torch._C._functorch, "get_interpreter_stack", lambda: None)() or []
+    return sum(1 for level in stack if level.key() == torch._C._functorch.TransformType.Jvp)
+
+
+def population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tensor) -> Tensor:
+    """The teacher-student population loss, with the closed-form gradient where it applies.
+
+    Output weights that require a gradient go through autograd of :func:`relu_kernel`.
+    """
+    if a.requires_grad or b.requires_grad:
+        return _population_loss(w, a, n, b, teacher_term)
+    return _PopulationLoss.apply(w, a, b, teacher_term, n)[0]
 
 
 class TwoLayerReLU(nn.Module):
@@ -188,9 +335,7 @@ def teacher_student_problem(k: int, n: int | None, d: int | None, exact: bool, N
     teacher_term = b @ relu_kernel(teacher, teacher) @ b
 
     def exact_loss(state: Mapping[str, Tensor]) -> Tensor:
-        return _population_loss(
-            state["hidden.weight"], state["output_weight"], n, b, teacher_term
-        )
+        return population_loss(state["hidden.weight"], state["output_weight"], n, b, teacher_term)
 
     def per_example_loss(output: Tensor, target: Tensor) -> Tensor:
         return 0.5 * per_example_mse(output, target)
