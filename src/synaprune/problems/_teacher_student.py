@@ -118,7 +118,11 @@ def _angles(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> tuple[Tensor, Tensor
 
 def _kernel(dot: Tensor, s_sq: Tensor, norms_sq: Tensor) -> Tensor:
     """``(S + (pi - t) P) / (2 pi)`` from P, S^2 and |w|^2 |v|^2, all [k, n]."""
-    s, angle = _angles(dot, s_sq, norms_sq)
+    return _kernel_of(dot, *_angles(dot, s_sq, norms_sq))
+
+
+def _kernel_of(dot: Tensor, s: Tensor, angle: Tensor) -> Tensor:
+    """``(S + (pi - t) P) / (2 pi)`` from P, S and t."""
     return (s + (math.pi - angle) * dot) / (2 * math.pi)
 
 
@@ -171,8 +175,8 @@ def _population_value(w: Tensor, a: Tensor, b: Tensor, teacher_term: Tensor, n: 
     t_dot, t_s_sq, t_norms_sq = _teacher_pairs(w, n)
     s, angle = _angles(dot, s_sq, norms_sq)
     t_s, t_angle = _angles(t_dot, t_s_sq, t_norms_sq)
-    student_term = a @ ((s + (math.pi - angle) * dot) / (2 * math.pi)) @ a
-    cross_term = a @ ((t_s + (math.pi - t_angle) * t_dot) / (2 * math.pi)) @ b
+    student_term = a @ _kernel_of(dot, s, angle) @ a
+    cross_term = a @ _kernel_of(t_dot, t_s, t_angle) @ b
     loss = 0.5 * (student_term - 2.0 * cross_term + teacher_term)
     return loss, (w_sq, s, angle, t_s, t_angle)
 
