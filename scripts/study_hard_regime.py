@@ -5,15 +5,18 @@ summarises them with the lab's own :func:`synaprune.bench.summary.summarize` (wh
 ``synaprune results --format json [--at-cost C]`` prints), so every count here is one that
 ``results`` gives too. Prints Markdown tables: how runs ended at equal steps (share of each
 kind, the spurious share with its 95 % Wilson interval), success at equal cost C, the spurious
-ratio against gd, and the loss level and curvature of the spurious minima found; draws the
-spurious share and the failure share against k per method.
+ratio against gd (at the budget, and with the moving runs settled: ``--settled``, the JSON of
+``scripts/settle_moving.py --json``), and the loss level and curvature of the spurious minima
+found; draws the settled spurious share and the failure share against k per method.
 
     python scripts/study_hard_regime.py OUT [--cost C] [--plot docs/hard_regime.png]
+        [--settled OUT/settled.json ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -40,13 +43,16 @@ def method_label(name: str, options: dict[str, Any], student: int, teacher: int)
 
 
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
-         "gd, student k+1", "gd, student k+2")
+         "gd, student k+1", "gd, student k+2",
+         "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton")
 
 
-def collect(out: Path, cost: float | None) -> list[dict[str, Any]]:
+def collect(out: Path, cost: float | None,
+            settled: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """One record per (problem, method, budget) cell: the summaries at equal steps and at cost
-    C (``cost``, or when None the cell's budget: gd's cost, one gradient a step), and the final
-    loss and smallest Hessian eigenvalue of its spurious runs."""
+    C (``cost``, or when None the cell's budget: gd's cost, one gradient a step), the final
+    loss and smallest Hessian eigenvalue of its spurious runs, and (from ``settled``,
+    ``scripts/settle_moving.py --json``) where its runs still moving at the budget end."""
     cells = []
     for db in sorted(out.glob("*.db")):
         with ResultStore(db, readonly=True) as store:
@@ -66,15 +72,12 @@ def collect(out: Path, cost: float | None) -> list[dict[str, Any]]:
             spur = [r for r in runs if r["kind"] == "spurious"]
             cells.append(dict(
                 mode=mode, n=n, k=k, budget=key[2], label=method_label(name, opts, k, n),
+                settled=(settled or {}).get("|".join(map(str, key))),
                 lr=opts.get("lr"),
                 steps=steps[key], cost=at_c[key], c=at_c[key].at_cost,
                 spur_loss=statistics.median(r["final_loss"] for r in spur) if spur else None,
                 spur_eig=statistics.median(r["min_eig"] for r in spur
-                                           if r["min_eig"] is not None) if spur else None,
-                moving_grad=(statistics.median(r["final_grad_norm"] for r in runs
-                                               if r["kind"] == "moving"
-                                               and r["final_grad_norm"] is not None)
-                             if any(r["kind"] == "moving" for r in runs) else None)))
+                                           if r["min_eig"] is not None) if spur else None))
     cells.sort(key=lambda c: (c["mode"], c["n"], c["budget"], ORDER.index(c["label"])))
     return cells
 
@@ -94,6 +97,13 @@ def problem_name(c: dict[str, Any]) -> str:
 def fmt(value: float | None, spec: str) -> str:
     """``value`` formatted, or ``-`` when there is none."""
     return "-" if value is None else format(value, spec)
+
+
+def eventual(c: dict[str, Any]) -> int | None:
+    """Spurious at the budget plus the moving runs that end spurious (None: not settled)."""
+    if c["settled"] is None:
+        return None if c["steps"].kind_moving else c["steps"].kind_spurious
+    return c["steps"].kind_spurious + c["settled"].get("spurious", 0)
 
 
 def tables(cells: list[dict[str, Any]]) -> str:
@@ -117,31 +127,44 @@ def tables(cells: list[dict[str, Any]]) -> str:
         out.append(f"| {problem_name(c)} | {c['label']} | {c['c']:.0f} "
                    f"| {pct(s.successes, s.runs)} "
                    f"| {s.kind_unfinished} | {med} |")
-    out += ["", "**Spurious minima against gd on the same problem**, and what they are",
-            "", "| problem | method | spurious / gd's | escape 5x fewer? "
-            "| median loss of its spurious "
-            "minima | median smallest eigenvalue there | median gradient norm, still moving |",
-            "|---|---|---:|:---:|---:|---:|---:|"]
-    gd = {(c["mode"], c["n"], c["budget"]): c["steps"] for c in cells if c["label"] == "gd"}
+    out += ["", "**Spurious minima against gd on the same problem**, and what they are. "
+            "*Settled*: the runs still moving at the budget continued with plain gd "
+            "(`scripts/settle_moving.py`); spurious, settled = spurious at the budget + the "
+            "moving runs that end in one",
+            "", "| problem | method | spurious / gd's | moving: then global, spurious, other "
+            "| spurious, settled / gd's | escape 5x fewer, settled? | median loss of its "
+            "spurious minima | median smallest eigenvalue there |",
+            "|---|---|---:|---:|---:|:---:|---:|---:|"]
+    gd = {(c["mode"], c["n"], c["budget"]): c for c in cells if c["label"] == "gd"}
+
+    def ratio(a: int | None, b: int | None) -> str:
+        return "-" if a is None or not b else f"{a}/{b} = {a / b:.2f}"
+
     for c in cells:
         s, g = c["steps"], gd.get((c["mode"], c["n"], c["budget"]))
-        ratio = "-" if g is None or g.kind_spurious == 0 else (
-            f"{s.kind_spurious}/{g.kind_spurious} = {s.kind_spurious / g.kind_spurious:.2f}")
-        # the target is the preset's; a failed restarts run has its kept restart's kind, so
-        # its spurious count is not comparable (docs/results.md)
-        five = "-" if g is None or c["label"] != "synaprune-escape" else (
-            "yes" if 5 * s.kind_spurious <= g.kind_spurious else "no")
-        out.append(f"| {problem_name(c)} | {c['label']} | {ratio} | {five} "
-                   f"| {fmt(c['spur_loss'], '.4g')} | {fmt(c['spur_eig'], '.2g')} "
-                   f"| {fmt(c['moving_grad'], '.1e')} |")
+        e, ge = eventual(c), None if g is None else eventual(g)
+        st = c["settled"]
+        moving = "-" if not st or not st["at_budget"] else (
+            f"{st.get('global', 0)}, {st.get('spurious', 0)}, "
+            f"{st['at_budget'] - st.get('global', 0) - st.get('spurious', 0)}"
+            + (" (of the unstable too)" if "unstable" in st.get("continued", "") else ""))
+        if st is None and s.kind_moving:
+            moving = "not settled"
+        # the target is the preset's; a failed restarts run has its kept restart's kind
+        five = "-" if g is None or c["label"] != "synaprune-escape" or e is None or not ge else (
+            "yes" if 5 * e <= ge else "no")
+        out.append(f"| {problem_name(c)} | {c['label']} "
+                   f"| {ratio(s.kind_spurious, None if g is None else g['steps'].kind_spurious)} "
+                   f"| {moving} | {ratio(e, ge)} | {five} "
+                   f"| {fmt(c['spur_loss'], '.4g')} | {fmt(c['spur_eig'], '.2g')} |")
     return "\n".join(out)
 
 
 def plot(cells: list[dict[str, Any]], path: Path) -> None:
-    """Spurious share (top) and failure share, 1 - global (bottom), against k per method, with
-    95 % Wilson intervals; exact loss on the left, sampled on the right. The bottom row is
-    needed to read the top one: a failed gd-restarts run has the kind of its kept restart (the
-    lowest loss), often one still moving, so its spurious share alone says little."""
+    """Spurious share with the moving runs settled (top) and failure share, 1 - global
+    (bottom), against k per method, with 95 % Wilson intervals; exact loss on the left, sampled
+    on the right. The bottom row is needed to read the top one: a failed gd-restarts run has
+    the kind of its kept restart (the lowest loss), so its spurious share alone says little."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,20 +174,21 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 + 3 * (len(modes) - 1), 7.5),
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
-    markers = dict(zip(ORDER, "osv^DP", strict=True))
-    rows = (("spurious minima", lambda s: s.kind_spurious),
-            ("failed (not global)", lambda s: s.runs - s.kind_global))
+    markers = dict(zip(ORDER, "osv^DP<>*X", strict=True))
+    rows = (("spurious minima, moving runs settled", eventual),
+            ("failed (not global)", lambda c: c["steps"].runs - c["steps"].kind_global))
     for col, mode in enumerate(modes):
         group = [c for c in cells if c["mode"] == mode]
         for row, (what, count) in enumerate(rows):
             ax = axes[row][col]
             for i, label in enumerate(ORDER):
-                pts = sorted((c["n"], c["steps"]) for c in group if c["label"] == label)
+                pts = sorted((c["n"], count(c), c["steps"].runs) for c in group
+                             if c["label"] == label and count(c) is not None)
                 if not pts:
                     continue
-                x = [k + 0.18 * (i - 2.5) for k, _ in pts]
-                y = [100 * count(s) / s.runs for _, s in pts]
-                ci = [wilson_interval(count(s), s.runs) for _, s in pts]
+                x = [k + 0.14 * (i - 4.5) for k, _, _ in pts]
+                y = [100 * m / n for _, m, n in pts]
+                ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
                        [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
                 ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3,
@@ -172,16 +196,16 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
             ax.set_xticks(sorted({c["n"] for c in group}))
             ax.grid(alpha=0.3)
             if row == 0:
-                ax.set_title("exact population loss" if mode == "exact"
-                             else "sampled, N = 2000", fontsize=10)
+                ax.set_title("exact population loss, 500 seeds" if mode == "exact"
+                             else "sampled, N = 2000, 200 seeds", fontsize=10)
             else:
                 ax.set_xlabel("k = n (teacher width; the students k+1, k+2 at the teacher's k)"
                               if mode == "exact" else "k = n")
             if col == 0:
-                ax.set_ylabel(f"{what}, % of 200 runs")
+                ax.set_ylabel(f"{what}, % of runs", fontsize=9)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("teacher-student, step 5/k, 3,000 steps until converged, seeds 0-199\n"
-                 "(95 % Wilson intervals)", fontsize=10)
+    fig.suptitle("teacher-student, step 5/k, 3,000 steps until converged\n"
+                 "(95 % Wilson intervals; restarts: the kept restart's kind)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -193,8 +217,11 @@ def main() -> None:
                     help="equal-cost budget C in gradient-equivalents (default: each cell's "
                          "step budget, gd's cost)")
     ap.add_argument("--plot", type=Path, help="also draw the spurious share against k here")
+    ap.add_argument("--settled", type=Path, nargs="+", default=[],
+                    help="JSON files of scripts/settle_moving.py --json: where moving runs end")
     args = ap.parse_args()
-    cells = collect(args.out, args.cost)
+    settled = {k: v for path in args.settled for k, v in json.loads(path.read_text()).items()}
+    cells = collect(args.out, args.cost, settled)
     if not cells:
         raise SystemExit(f"no runs in {args.out}/*.db: run scripts/study_hard_regime.sh first")
     print(tables(cells))

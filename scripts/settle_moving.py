@@ -1,0 +1,146 @@
+"""Where do the runs that were still moving at the budget end? (docs/results.md, hard regime)
+
+A run "still moving" when its budget ran out has no verdict: it could be on its way to the
+global minimum or to a spurious one. This continues every such run of a database from its
+stored final parameters with plain full-batch gradient descent at the run's own step (its
+method's ``lr``: the GD step for the GD-type methods of the hard-regime study; not a GD step
+for Adam or saddle-free Newton, whose cells there have no such runs), all runs of a cell at
+once (``vmap`` over the stacked runs, the exact or full-batch loss), until each is solved,
+converged (the lab's gradient rule, :func:`synaprune.bench.kinds.gradient_threshold`) or at
+``--cap`` further steps, and names it with the lab's own :func:`synaprune.bench.kinds.classify`
+(Lanczos on the Hessian where the gradient is small). Nothing is written to the database.
+
+    python scripts/settle_moving.py OUT/e16.db [--cap 30000] [--json OUT/settled.json]
+
+Prints one Markdown row per (problem, method, budget) cell with moving runs: how many, and
+how many of them end global, in a spurious minimum, at a saddle, or still moving after the cap.
+``--json`` also merges these counts into a JSON file keyed ``problem|method|budget`` (written
+atomically), which ``scripts/study_hard_regime.py --settled`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import torch
+from torch.func import vmap
+
+from synaprune._io import atomic_output
+from synaprune.bench.kinds import classify, gradient_threshold
+from synaprune.bench.store import ResultStore
+from synaprune.problems import get_problem
+
+
+def settle(problem_spec: str, lr: float, stacked: dict[str, torch.Tensor], seeds: list[int],
+           cap: int) -> Counter:
+    """Continue the stacked runs with GD at ``lr``; the kinds they end with."""
+    problem = get_problem(problem_spec)
+    model = problem.build_model(0)
+    base = copy.deepcopy(model).to("meta")
+    buffers = {k: v.detach().expand(len(seeds), *v.shape).clone()
+               for k, v in model.named_buffers()}
+    params = {k: v.clone().requires_grad_(True) for k, v in stacked.items()}
+    losses_of = vmap(lambda p, b: problem.functional_loss(base, p, b))
+    n = len(seeds)
+    active = torch.ones(n, dtype=torch.bool)
+    status = ["budget"] * n
+    final: list[tuple[float, float] | None] = [None] * n
+    for t in range(cap + 1):
+        for v in params.values():
+            v.grad = None
+        losses = losses_of(params, buffers)
+        torch.where(active, losses, 0.0).sum().backward()
+        with torch.no_grad():
+            grad_norm = sum(v.grad.reshape(n, -1).square().sum(1)
+                            for v in params.values()).sqrt()
+            theta = sum(v.reshape(n, -1).square().sum(1) for v in params.values()).sqrt()
+            loss = losses.detach()
+            done = active & (~torch.isfinite(loss) | (loss <= problem.global_loss
+                                                      + problem.tolerance)
+                             | (grad_norm <= gradient_threshold(problem, loss, theta))
+                             | torch.tensor(t == cap))
+            for i in done.nonzero().flatten().tolist():
+                status[i] = ("diverged" if not torch.isfinite(loss[i])
+                             else "ok" if problem.solved(float(loss[i])) else "budget")
+                final[i] = (float(loss[i]), float(grad_norm[i]))
+            active &= ~done
+            if not active.any():
+                break
+            for v in params.values():
+                mask = active.view(-1, *([1] * (v.dim() - 1)))
+                v.sub_(torch.where(mask, lr * v.grad, 0.0))
+    kinds: Counter = Counter()
+    for i in range(n):
+        loss_i, grad_i = final[i]  # type: ignore[misc]
+        out = classify(problem, status=status[i], final_loss=loss_i, final_grad_norm=grad_i,
+                       params={k: v[i].detach() for k, v in params.items()}, seed=seeds[i])
+        kinds[out.kind] += 1
+    return kinds
+
+
+# Options shown in the table (the others are a method's defaults, or the problem's fixed ones).
+_SHOWN = ("k", "n", "exact", "lr", "restarts", "noise", "noise_steps")
+
+
+def short(spec: str) -> str:
+    """``name:opt=value,...`` with only the options of :data:`_SHOWN`."""
+    name, _, options = spec.partition(":")
+    kept = [o for o in options.split(",") if o.split("=")[0] in _SHOWN]
+    return name + (":" + ",".join(kept) if kept else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("db", type=Path)
+    parser.add_argument("--cap", type=int, default=30_000, help="further GD steps at most")
+    parser.add_argument("--json", type=Path, help="merge the counts into this JSON file")
+    parser.add_argument("--kinds", default="moving",
+                        help="comma-separated kinds to continue (default moving; e.g. "
+                             "moving,unstable for methods whose noise never ends, which the "
+                             "lab names unstable when the noise makes the loss rise)")
+    args = parser.parse_args()
+    settled: dict[str, dict[str, int | str]] = {}
+    kinds_asked = set(args.kinds.split(","))
+    torch.set_num_threads(1)
+    with ResultStore(args.db, readonly=True) as store:
+        cells: dict[tuple, list[dict]] = defaultdict(list)
+        for r in store.rows():
+            if r["kind"] in kinds_asked:
+                cells[(r["problem"], r["method"], r["budget"])].append(r)
+        print(f"{args.db}: runs of kind {args.kinds} at their budget, continued with gd at the "
+              f"run's step for at most {args.cap} more steps\n")
+        print("| problem | method | budget | moving | then global | spurious | saddle "
+              "| still moving | other |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for (problem, method, budget), runs in sorted(cells.items()):
+            loaded = [store.load_params(r["id"]) for r in runs]
+            stacked = {k: torch.stack([p[k] for p in loaded]) for k in loaded[0]}
+            kinds = settle(problem, float(runs[0]["method_options"]["lr"]), stacked,
+                           [r["seed"] for r in runs], args.cap)
+            other = sum(v for k, v in kinds.items()
+                        if k not in ("global", "spurious", "saddle", "moving"))
+            settled[f"{problem}|{method}|{budget}"] = {"at_budget": len(runs), **kinds,
+                                                       "continued": args.kinds}
+            print(f"| {short(problem)} | {short(method)} | {budget} | {len(runs)} "
+                  f"| {kinds['global']} | {kinds['spurious']} | {kinds['saddle']} "
+                  f"| {kinds['moving']} | {other} |")
+
+    if args.json is not None:
+        merged = json.loads(args.json.read_text()) if args.json.exists() else {}
+        # A cell with no moving run is recorded too (as none), so that "not settled" and
+        # "nothing to settle" differ for the reader.
+        with ResultStore(args.db, readonly=True) as store:
+            for r in store.rows():
+                key = f"{r['problem']}|{r['method']}|{r['budget']}"
+                merged.setdefault(key, {"at_budget": 0})
+        merged.update(settled)
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(merged, indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
