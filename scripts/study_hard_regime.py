@@ -191,7 +191,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                 ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
                        [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
-                ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3,
+                ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3, color=f"C{i}",
                             linestyle="-" if len(pts) > 1 else "none", label=label)
             ax.set_xticks(sorted({c["n"] for c in group}))
             ax.grid(alpha=0.3)
@@ -203,7 +203,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                               if mode == "exact" else "k = n")
             if col == 0:
                 ax.set_ylabel(f"{what}, % of runs", fontsize=9)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7, ncol=2, loc="upper left")
     fig.suptitle("teacher-student, step 5/k, 3,000 steps until converged\n"
                  "(95 % Wilson intervals; restarts: the kept restart's kind)", fontsize=10)
     fig.tight_layout()
