@@ -514,6 +514,9 @@ def test_output_weights_that_require_grad_use_the_autograd_path() -> None:
     # dL/da = K(W, W) a - K(W, E) b, the kernel matrices of the brute-force textbook form.
     expected = _arccos_kernel(w, w) @ a.detach() - _arccos_kernel(w, torch.eye(4, dtype=F64)) @ b
     torch.testing.assert_close(grad_a, expected, rtol=1e-10, atol=1e-12)
+    # Under torch.func.grad too (the Function returns no gradient for a: it must not be used).
+    func_a = torch.func.grad(lambda u: population_loss(w, u, 4, b, c))(a.detach())
+    torch.testing.assert_close(func_a, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_closed_form_loss_under_forward_mode_transforms() -> None:
