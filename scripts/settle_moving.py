@@ -102,14 +102,18 @@ def main() -> None:
                         help="comma-separated kinds to continue (default moving; e.g. "
                              "moving,unstable for methods whose noise never ends, which the "
                              "lab names unstable when the noise makes the loss rise)")
+    parser.add_argument("--methods", default="",
+                        help="comma-separated method names to continue (default: every method)")
     args = parser.parse_args()
+    methods_asked = set(filter(None, args.methods.split(",")))
     settled: dict[str, dict[str, int | str]] = {}
     kinds_asked = set(args.kinds.split(","))
     torch.set_num_threads(1)
     with ResultStore(args.db, readonly=True) as store:
         cells: dict[tuple, list[dict]] = defaultdict(list)
         for r in store.rows():
-            if r["kind"] in kinds_asked:
+            if r["kind"] in kinds_asked and (not methods_asked
+                                             or r["method_name"] in methods_asked):
                 cells[(r["problem"], r["method"], r["budget"])].append(r)
         print(f"{args.db}: runs of kind {args.kinds} at their budget, continued with gd at the "
               f"run's step for at most {args.cap} more steps\n")

@@ -1,7 +1,7 @@
 """Report of the equal-effort tuning of the hard-regime study (``scripts/tune_hard_regime.sh``).
 
-Reads ``OUT/e8.db``, ``OUT/e12.db``, ``OUT/e16.db`` and prints, per method family (gd, escape,
-gd-restarts), one row per setting: global runs and spurious minima per k (Wilson intervals),
+Reads ``OUT/e<k>.db`` (and ``OUT/o<k>.db``, the part "others") and prints, per method family
+(gd, escape, gd-restarts; perturbed-gd, gradient-noise, sam), one row per setting: global runs and spurious minima per k (Wilson intervals),
 the runs still moving at the budget (and unstable or diverged, "u/d", where there are any),
 the totals, and the winner by the protocol of docs/tuning.md (most global runs summed over the
 problems; ties: the lower sum of median final losses). Settings are the script's
@@ -28,6 +28,12 @@ def setting(name: str, options: dict[str, Any], k: int, budget: int) -> tuple[st
         return "gd", c
     if name == "gd-restarts":
         return "gd-restarts", f"R={options['restarts']}, {c}"
+    if name == "perturbed-gd":
+        return name, f"radius={options['radius']:g}, threshold={options['threshold']:g}, {c}"
+    if name == "gradient-noise":
+        return name, f"eta={options['eta']:g}, {c}"
+    if name == "sam":
+        return name, f"rho={options['rho']:g}, {c}"
     if name == "synaprune-b":
         return "escape (mechanism B)", (f"sigma_0={options['noise']:g}, noise over "
                                         f"{options['noise_steps'] / budget:.0%}, {c}")
@@ -40,7 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     table: dict[str, dict[str, dict[int, Any]]] = defaultdict(lambda: defaultdict(dict))
     ks: list[int] = []
-    for db in sorted(args.out.glob("e*.db"), key=lambda p: int(p.stem[1:])):
+    # e<k>.db: gd, escape, gd-restarts; o<k>.db: the other baselines (the part "others")
+    for db in sorted([*args.out.glob("e*.db"), *args.out.glob("o*.db")],
+                     key=lambda p: (p.stem[0], int(p.stem[1:]))):
         with ResultStore(db, readonly=True) as store:
             rows = store.rows()
         if not rows:

@@ -6,15 +6,38 @@
 #   gd                c in {0.5, 0.75, 1, 1.25, 1.5, 2}
 #   escape (mech. B)  at c = 1: sigma_0 in {0.1, 0.2, 0.3} x noise over {0.6, 0.8} of the budget
 #   gd-restarts       R in {2, 4, 8} x c in {1, 1.5}
+# and, with the part "others" (the other baselines of issue 9, section 3, six settings each at
+# GD's step c = 1, into OUT/o<k>.db):
+#   perturbed-gd      radius in {0.1, 0.5, 2} x threshold in {1e-3, 1e-5} (t_thres 50)
+#   gradient-noise    eta in {1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 1e-1} (gamma 0.55)
+#   sam               rho in {0.001, 0.003, 0.01, 0.02, 0.05, 0.1}
+# Saddle-free Newton is not tuned here: one setting at k = 16 costs about as much as all the
+# others together (docs/results.md, "every method").
 # One bench process at a time, one thread; resumable. Then: python scripts/tune_hard_regime.py OUT
+# Usage: scripts/tune_hard_regime.sh [OUT] [main|others]
 set -euo pipefail
 OUT=${1:-out/tune_hard}
+PART=${2:-main}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 SP=${SYNAPRUNE:-.venv/bin/synaprune}
 COMMON=(--seeds 64 --seed-start 10000 --steps 3000 --batch-seeds 64 --defaults plain --threads 1
         --until-converged --quiet)
 lr() { python3 -c "print(round($1 * 5 / $2, 6))"; }
+if [ "$PART" = others ]; then
+  for k in 8 12 16; do
+    L=$(lr 1 $k) M=""
+    for r in 0.1 0.5 2; do for g in 0.001 0.00001; do
+      M="$M,perturbed-gd:lr=$L,radius=$r,threshold=$g"
+    done; done
+    for e in 0.00001 0.0001 0.001 0.003 0.01 0.1; do M="$M,gradient-noise:lr=$L,eta=$e"; done
+    for r in 0.001 0.003 0.01 0.02 0.05 0.1; do M="$M,sam:lr=$L,rho=$r"; done
+    echo "$(date -u +%T) others k=$k" >&2
+    "$SP" bench "${COMMON[@]}" --problem "teacher-student:k=$k" --method "${M#,}" --db "$OUT/o$k.db"
+  done
+  echo "$(date -u +%T) others done" >&2
+  exit 0
+fi
 for k in 8 12 16; do
   M=""
   for c in 0.5 0.75 1 1.25 1.5 2; do M="$M,gd:lr=$(lr $c $k)"; done

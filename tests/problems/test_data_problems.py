@@ -176,3 +176,49 @@ def test_xor_data_and_stuck_levels() -> None:
     assert not problem.solved(0.125)
     names = [name for name, _ in problem.build_model(0).named_parameters()]
     assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def _hidden_units(model: torch.nn.Module) -> torch.Tensor:
+    """Each hidden unit's incoming weights, bias and outgoing weight: one row per unit."""
+    return torch.cat([model[0].weight, model[0].bias[:, None], model[2].weight.T], dim=1)
+
+
+@pytest.mark.parametrize("hidden", [2, 3])
+def test_xor_symmetric_start_copies_the_first_unit(hidden: int) -> None:
+    for seed in range(5):
+        default = get_problem("xor", hidden=hidden).build_model(seed)
+        symmetric = get_problem("xor", hidden=hidden, symmetric=True).build_model(seed)
+        units, default_units = _hidden_units(symmetric), _hidden_units(default)
+        assert torch.equal(units, units[:1].expand_as(units))  # copies, bit for bit
+        assert torch.equal(units[0], default_units[0])  # the first unit is the default's
+        assert torch.equal(symmetric[2].bias, default[2].bias)
+        assert (default_units[1:] != default_units[:1]).any(dim=1).all()  # default: not copies
+    assert get_problem("xor:symmetric=true").spec == "xor:hidden=2,symmetric=True"
+
+
+@pytest.mark.parametrize("hidden", [2, 3])
+def test_xor_symmetric_start_holds_gradient_descent_and_weight_noise_leaves_it(
+        hidden: int) -> None:
+    from synaprune import SynaPrune
+
+    problem = get_problem("xor", hidden=hidden, symmetric=True)
+    x, y = problem.data()
+
+    def train(make_optimizer, steps: int) -> torch.nn.Module:
+        model = problem.build_model(0)
+        optimizer = make_optimizer(model.parameters())
+        for _ in range(steps):
+            optimizer.zero_grad()
+            problem.loss_fn(model(x), y).backward()
+            optimizer.step()
+        return model
+
+    gd = train(lambda p: torch.optim.SGD(p, lr=2.0), 2000)
+    units = _hidden_units(gd).detach()
+    # The units' gradients are equal, so they stay copies (to rounding: a BLAS may sum the
+    # rows of a product in different orders), and the 2-1-1 network they make cannot fit XOR.
+    torch.testing.assert_close(units, units[:1].expand_as(units), rtol=1e-9, atol=1e-12)
+    assert not problem.solved(problem.loss_fn(gd(x), y).item())
+    noisy = train(lambda p: SynaPrune(p, lr=2.0, preset="escape", total_steps=100, seed=0), 1)
+    units = _hidden_units(noisy).detach()
+    assert (units[1:] - units[:1]).abs().max() > 1e-3  # noise drawn per weight splits them

@@ -97,7 +97,10 @@ _REGISTRY: dict[str, _Entry] = {
     ),
     "xor": _Entry(
         xor_problem,
-        {"hidden": _option(int, 2, "hidden sigmoid units", (lambda v: v in (2, 3), "2 or 3"))},
+        {
+            "hidden": _option(int, 2, "hidden sigmoid units", (lambda v: v in (2, 3), "2 or 3")),
+            "symmetric": _option(bool, False, "start every hidden unit as a copy of the first"),
+        },
     ),
 }
 
@@ -161,7 +164,8 @@ def get_problem(spec: str, **options: Any) -> Problem:
     ====================  ===========================================================
     problem               options (defaults)
     ====================  ===========================================================
-    ``xor``               ``hidden=2`` (2 or 3)
+    ``xor``               ``hidden=2`` (2 or 3), ``symmetric=false`` (hidden units start
+                          as copies of the first)
     ``teacher-student``   ``k=8`` (student), ``n=k`` (teacher), ``d=n``, ``exact=true``,
                           ``N=2000``
     ``spirals``           ``N=200``, ``turns=2.5``, ``noise=0.0``, ``hidden=8``,
@@ -190,7 +194,7 @@ def get_problem(spec: str, **options: Any) -> Problem:
         >>> get_problem("teacher-student:k=6").options
         {'k': 6, 'n': 6, 'd': 6, 'exact': True, 'N': 2000}
         >>> get_problem("xor", hidden=3).spec
-        'xor:hidden=3'
+        'xor:hidden=3,symmetric=False'
     """
     name, raw = _parse(spec)
     entry = _REGISTRY[name]
