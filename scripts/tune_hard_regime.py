@@ -1,11 +1,12 @@
 """Report of the equal-effort tuning of the hard-regime study (``scripts/tune_hard_regime.sh``).
 
 Reads ``OUT/e<k>.db`` (and ``OUT/o<k>.db``, the part "others") and prints, per method family
-(gd, escape, gd-restarts; perturbed-gd, gradient-noise, sam), one row per setting: global runs and spurious minima per k (Wilson intervals),
-the runs still moving at the budget (and unstable or diverged, "u/d", where there are any),
-the totals, and the winner by the protocol of docs/tuning.md (most global runs summed over the
-problems; ties: the lower sum of median final losses). Settings are the script's
-multiples c of GD's step 5/k, so one setting means the same on every k.
+(gd, escape, gd-restarts; perturbed-gd, gradient-noise, sam), one row per setting: global runs
+and spurious minima per k (Wilson intervals), the runs still moving at the budget (and
+unstable or diverged, "u/d", where there are any), the totals, and the winner by the protocol
+of docs/tuning.md (most global runs summed over the problems; ties: the lower sum of median
+final losses). Settings are the script's multiples c of GD's step 5/k, so one setting means
+the same on every k.
 
     python scripts/tune_hard_regime.py OUT
 """

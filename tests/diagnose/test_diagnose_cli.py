@@ -333,7 +333,8 @@ def test_stored_run_gives_the_numbers_of_a_direct_diagnosis(lab, capsys):
             report["notes"][0])
         assert report["method"] == row["method"] and report["problem"] == "xor"
         assert report["run"] == {
-            "id": row["id"], "db": str(db), "problem": "xor:hidden=2,symmetric=False", "method": row["method"],
+            "id": row["id"], "db": str(db), "problem": "xor:hidden=2,symmetric=False",
+            "method": row["method"],
             "seed": row["seed"], "budget": 50, "status": row["status"], "steps": row["steps"],
             "final_loss": row["final_loss"], "final_grad_norm": row["final_grad_norm"]}
 
@@ -373,8 +374,8 @@ def test_stored_run_text_report_says_which_run(lab, capsys):
     row = rows[1]
     assert main(["diagnose", "--db", str(db), "--run", str(row["id"]), "--k", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == (f"Run {row['id']} of {db}: problem xor:hidden=2,symmetric=False, method {row['method']}, "
-                      f"seed {row['seed']}")
+    assert out[0] == (f"Run {row['id']} of {db}: problem xor:hidden=2,symmetric=False, "
+                      f"method {row['method']}, seed {row['seed']}")
     assert out[1].startswith(f"  status {row['status']} after {row['steps']} of 50 steps, "
                              f"final loss {row['final_loss']:.6g}, final gradient norm ")
     assert out[2].startswith("Verdict: ")
