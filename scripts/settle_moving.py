@@ -139,6 +139,8 @@ def main() -> None:
         # "nothing to settle" differ for the reader.
         with ResultStore(args.db, readonly=True) as store:
             for r in store.rows():
+                if methods_asked and r["method_name"] not in methods_asked:
+                    continue  # not looked at: neither settled nor "nothing to settle"
                 key = f"{r['problem']}|{r['method']}|{r['budget']}"
                 merged.setdefault(key, {"at_budget": 0})
         merged.update(settled)
