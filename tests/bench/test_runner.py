@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
 from synaprune import PerExampleGradStats, SynaPrune
 from synaprune.bench import get_method, run_seeds, run_single
+from synaprune.bench.methods import GradientDescent
 from synaprune.bench.runner import MinibatchSampler, check_compatible, curve_steps
 from synaprune.problems import Problem, get_problem, list_problems
 
@@ -348,3 +351,40 @@ def test_until_converged_with_minibatches_uses_the_full_batch_gradient() -> None
                      classify=False)
     for r in runs:  # every full-batch gradient is below 1e3: each stops at once
         assert r.steps == 0 and r.final_grad_norm is not None and r.final_grad_norm < 1e3
+
+
+# ------------------------------------------------------------------ freed slots
+class _CountingSGD(torch.optim.SGD):
+    """torch's SGD that records how many stacked models each step updates."""
+
+    sizes: ClassVar[list[int]] = []
+
+    def step(self, closure: Any = None) -> Any:
+        self.sizes.append(self.param_groups[0]["params"][0].shape[0])
+        return super().step(closure)
+
+
+@dataclass(frozen=True)
+class _CountingGD(GradientDescent):
+    def make_optimizer(self, params: Any, generator: Any = None) -> torch.optim.Optimizer:
+        return _CountingSGD(params, lr=self.lr)
+
+
+def test_a_run_that_stops_frees_its_slot(quartic: Problem) -> None:
+    """Diverged, solved and converged runs leave the stacked tensors: step t updates exactly
+    the runs still going, and each result equals the ordinary loop's."""
+    _CountingSGD.sizes.clear()
+    seeds = list(range(24))
+    results = run_seeds(quartic, _CountingGD(lr=1.0), seeds, 60, until_converged=True,
+                        grad_tol=0.05, classify=False)
+    ends = {r.status if r.steps == 60 else f"{r.status} early" for r in results}
+    # Every way out before the budget: divergence, success, the convergence rule.
+    assert {"diverged early", "ok early", "budget early"} <= ends
+    assert _CountingSGD.sizes == [sum(r.steps > t for r in results)
+                                  for t in range(len(_CountingSGD.sizes))]
+    assert _CountingSGD.sizes[-1] < len(seeds)
+    for r in results:
+        ref = run_single(quartic, get_method("gd:lr=1.0"), r.seed, 60, until_converged=True,
+                         grad_tol=0.05, classify=False)
+        assert (ref.status, ref.steps) == (r.status, r.steps)
+        assert r.status == "diverged" or _max_diff(ref.params, r.params) <= 1e-12

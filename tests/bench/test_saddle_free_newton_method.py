@@ -74,9 +74,9 @@ class _RecordingMethod(SaddleFreeNewtonMethod):
                           num_models=len(generator) if stacked else None)
 
 
-def test_stopped_seeds_get_exactly_zero_steps() -> None:
-    """The runner's masked loss gives a stopped seed a zero gradient and a zero Hessian block,
-    so the optimizer itself leaves it in place (no reliance on the runner's restore)."""
+def test_stopped_seeds_leave_the_batch() -> None:
+    """A seed that stopped leaves the stacked tensors and the optimizer's state: at step t the
+    optimizer steps exactly the seeds still running, and every one of them moves."""
     _Recording.moves.clear()
     problem = get_problem("teacher-student:exact=true,k=4")
     results: list[RunResult] = run_seeds(problem, _RecordingMethod(lr=0.5), list(range(6)), 60)
@@ -84,11 +84,8 @@ def test_stopped_seeds_get_exactly_zero_steps() -> None:
     assert len(set(stops)) > 1
     assert len(_Recording.moves) == max(stops)
     for t, moved in enumerate(_Recording.moves):
-        for i, stop in enumerate(stops):
-            if t >= stop:
-                assert moved[i] == 0.0
-            else:
-                assert moved[i] > 0.0
+        assert len(moved) == sum(stop > t for stop in stops)
+        assert min(moved) > 0.0
 
 
 @pytest.mark.parametrize(("problem_spec", "steps"),

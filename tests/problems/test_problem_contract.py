@@ -137,6 +137,23 @@ def test_vmap_over_stacked_seeds_matches_each_model(problem: Problem) -> None:
             torch.testing.assert_close(batch[i], expected, rtol=1e-12, atol=1e-12)
 
 
+def test_stacked_loss_matches_each_model(problem: Problem) -> None:
+    """problem.stacked_loss (the runner's full-batch loss: the exact loss's own stacked form
+    for teacher-student, vmap otherwise) against one model at a time, value and gradient."""
+    models = [problem.build_model(seed) for seed in SEEDS]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    losses = problem.stacked_loss(base, params, buffers)
+    assert losses.shape == (len(SEEDS),)
+    grads = torch.autograd.grad(losses.sum(), list(params.values()))
+    for i, model in enumerate(models):
+        alone = problem.loss(model)
+        torch.testing.assert_close(losses[i], alone.detach(), rtol=1e-13, atol=1e-14)
+        alone.backward()
+        for g, (name, p) in zip(grads, model.named_parameters(), strict=True):
+            torch.testing.assert_close(g[i], p.grad, rtol=1e-12, atol=1e-14, msg=name)
+
+
 def test_gradients_exist_for_all_trainable_parameters(problem: Problem) -> None:
     model = problem.build_model(1)
     problem.loss(model).backward()

@@ -541,3 +541,34 @@ def test_closed_form_loss_under_forward_mode_transforms() -> None:
         jacfwd(jacfwd(fast))(flat)
     with pytest.raises(NotImplementedError, match=r"(?i)forward mode over forward mode"):
         jvp(lambda y: jvp(fast, (y,), (v,))[1], (flat,), (v,))
+
+
+def test_stacked_students_equal_one_student_at_a_time() -> None:
+    """The closed form over [S, k, d] (the runner's fast path) against each student alone,
+    with the degenerate rows of _students (zero, parallel, antiparallel, on a teacher
+    direction): values, gradients, and second derivatives of one student's slice."""
+    from synaprune.problems._teacher_student import population_loss
+
+    cases = [c for c in _students() if c[1].shape == (5, 6)]  # the near-parallel students
+    w = torch.stack([c[1] for c in cases])  # [S, 5, 6]
+    n = cases[0][2]
+    a, b = torch.ones(w.shape[:2], dtype=F64), torch.ones(n, dtype=F64)
+    c = b @ relu_kernel(torch.eye(n, dtype=F64), torch.eye(n, dtype=F64)) @ b
+    stacked = w.clone().requires_grad_(True)
+    losses = population_loss(stacked, a, n, b, c)
+    assert losses.shape == (len(cases),)
+    grads = torch.autograd.grad(losses.sum(), stacked, create_graph=True)[0]
+    for s in range(len(cases)):
+        one = w[s].clone().requires_grad_(True)
+        loss = population_loss(one, a[s], n, b, c)
+        assert losses[s].item() == pytest.approx(loss.item(), rel=1e-14, abs=1e-16)
+        g = torch.autograd.grad(loss, one, create_graph=True)[0]
+        torch.testing.assert_close(grads[s].detach(), g.detach(), rtol=0, atol=1e-15)
+        # A Hessian-vector product of student s through the stacked graph is its own.
+        v = torch.randn(w.shape[1:], generator=torch.Generator().manual_seed(s), dtype=F64)
+        hv = torch.autograd.grad((grads[s] * v).sum(), stacked, retain_graph=True)[0]
+        hv_one = torch.autograd.grad((g * v).sum(), one)[0]
+        torch.testing.assert_close(hv[s], hv_one, rtol=0, atol=1e-13)
+        assert hv[torch.arange(len(cases)) != s].abs().max() == 0.0  # no cross-student term
+    with pytest.raises(ValueError, match="one student"):
+        population_loss(stacked, a.clone().requires_grad_(True), n, b, c)

@@ -98,6 +98,11 @@ class StackedPenalty:
         n = next(iter(params.values())).shape[0]
         self.init_norms = weight_norms([params[k] for k in self.weights], num_models=n)
 
+    def select(self, index: Tensor) -> None:
+        """Keep only the seeds at positions ``index`` (their c_l), as the runner frees the
+        slots of stopped seeds."""
+        self.init_norms = [c[index] for c in self.init_norms]
+
     def _hook(self, _module: nn.Module, _inputs: Any, output: Tensor) -> Tensor | None:
         if self._shapes is not None:
             self._shapes.append(output.shape)

@@ -1,10 +1,12 @@
 """Train many seeds of one (problem, method) at once, vectorised over seeds.
 
 The S models of a batch become stacked leaf tensors of size [S, ...]
-(``torch.func.stack_module_state``); the loss of every seed is ``vmap`` of
-``problem.functional_loss``; the sum over seeds is back-propagated once, which gives each seed its
-own exact gradient; and ONE ordinary optimizer (``method.make_optimizer``) steps the stacked
-tensors. Every supported update is elementwise, so this equals S separate runs.
+(``torch.func.stack_module_state``); the loss of every seed is ``problem.stacked_loss`` (the exact
+loss's own stacked form where the problem has one, else ``vmap`` of
+``problem.functional_loss``; minibatch losses are ``vmap`` of it); the sum over seeds is
+back-propagated once, which gives each seed its own exact gradient; and ONE ordinary optimizer
+(``method.make_optimizer``) steps the stacked tensors. Every supported update is elementwise or
+per model, so this equals S separate runs.
 
 A run's protocol, shared by :func:`run_seeds` and the plain single-model loop :func:`run_single`:
 at step t = 0, 1, ... the full-batch (or exact) training loss L_t at theta_t is evaluated; a
@@ -15,21 +17,23 @@ number of optimizer steps taken and ``final_loss`` is L at the end.
 
 With ``until_converged``, a run also stops at step t (status ``budget``, before its t-th step)
 once its full-batch training-loss gradient at theta_t is small
-(:func:`synaprune.bench.kinds.gradient_threshold`); the slot is frozen like any stopped seed's.
+(:func:`synaprune.bench.kinds.gradient_threshold`).
 Every result carries its ``cost`` (:mod:`synaprune.bench.cost`, summed over the steps taken) and,
 after training, its kind (:mod:`synaprune.bench.kinds`; the Hessian check runs then, once per
 stopped run, not on the training path).
 
-A seed that stopped is frozen: its gradient is zeroed and its parameters are restored after each
-step (a diverged seed's are replaced by zeros in the live tensors, so its NaN cannot reach any
-cross-seed computation); its result is taken at the moment it stopped.
+A run that stops (success, divergence, budget or convergence) frees its slot: its result is taken
+at the moment it stopped, and it leaves the stacked tensors, the optimizer's state
+(:func:`synaprune.optim._stacked.select_models`) and the runner's per-seed tensors before the
+step, so every later step computes only the runs still going (a diverged run's NaN never reaches
+an update).
 
 Noise: seed s's optimizer noise comes from its own generator, :func:`noise_generator` (s), in both
 runners (the stacked optimizer gets the S generators and ``num_models=S``). Methods that need a
 closure (``method.needs_closure``, e.g. ``sam``) get one that re-evaluates the loss on the same
 batch at the current parameters and back-propagates; methods that differentiate the loss
 themselves (``method.loss_closure``, ``saddle-free-newton``) get one that returns it with its
-graph and does not back-propagate (in :func:`run_seeds`: the sum over the active seeds).
+graph and does not back-propagate (in :func:`run_seeds`: the sum over the seeds).
 Methods with a loss guard (``method.guard_loss``, SynaPrune's ``noise_guard``) get
 ``step(guard=fn)``, fn the training loss at the current parameters on the step's batch, forward
 only, without the penalty of mechanism C (in :func:`run_seeds`: the [S] losses, one per seed; a
@@ -43,7 +47,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +59,7 @@ from synaprune.bench.kinds import classify_results, gradient_threshold
 from synaprune.bench.methods import GDRestarts, Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
+from synaprune.optim._stacked import select_models
 from synaprune.probes import PerExampleGradStats, per_example_sums
 from synaprune.probes import _fields as fields
 from synaprune.problems import Problem
@@ -444,12 +449,17 @@ def _hvps_cost(opt: torch.optim.Optimizer) -> Tensor | float:
     return 0.0 if dims is None else HVP * dims.to(torch.float64)
 
 
-def _fill_and_mask(params: dict[str, Tensor], active: Tensor) -> None:
-    """Give unused parameters a zero gradient and zero the gradients of stopped seeds."""
+def _fill_missing_grads(params: dict[str, Tensor]) -> None:
+    """Give a parameter that the loss does not use a zero gradient."""
     for v in params.values():
-        if v.grad is None:  # a parameter the loss does not use
+        if v.grad is None:
             v.grad = torch.zeros_like(v)
-        v.grad.masked_fill_(~active.view(-1, *([1] * (v.dim() - 1))), 0.0)
+
+
+def _per_seed_norms(tensors: Iterable[Tensor]) -> Tensor:
+    """Per-seed Euclidean norms over stacked [S, ...] tensors, [S] (float64)."""
+    return sum(v.reshape(v.shape[0], -1).square().sum(1)  # type: ignore[return-value]
+               for v in tensors).sqrt()
 
 
 def run_seeds(
@@ -478,9 +488,8 @@ def run_seeds(
         on_step: Called after each step as ``on_step(t, n_active)`` (e.g. a progress bar).
         until_converged: Also stop a run (status ``"budget"``, ``steps`` < budget) once its
             full-batch gradient norm at theta_t is small
-            (:func:`synaprune.bench.kinds.gradient_threshold` with ``grad_tol``): it is frozen
-            and its slot takes no more updates; up to that step it is bit-identical to the
-            run without the rule.
+            (:func:`synaprune.bench.kinds.gradient_threshold` with ``grad_tol``): it leaves
+            the batch; up to that step it is bit-identical to the run without the rule.
         grad_tol: Absolute gradient tolerance of the stopping rule and the classification;
             None for the relative default (:data:`synaprune.bench.kinds.REL_GRAD_TOL`).
         classify: Set each result's ``kind`` (and ``min_eig``, ``saddle_index`` where the
@@ -523,34 +532,33 @@ def run_seeds(
     penalty = (StackedPenalty(problem, base, params, beta=method.penalty[0],
                               gamma=method.penalty[1]) if method.penalty is not None else None)
 
-    def full_loss(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        return problem.functional_loss(base, p, b)
-
     def batch_loss(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
         return problem.functional_loss(base, p, b, x, y)
 
-    v_full = vmap(full_loss)
     v_batch = vmap(batch_loss)
-    v_grad = vmap(grad(full_loss))
 
-    def v_grad_norm(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
-        """Norms of the seeds' full-batch training-loss gradients (no penalty), [k]."""
-        k = next(iter(p.values())).shape[0]
-        g = v_grad(p, b)
-        return sum(v.reshape(k, -1).square().sum(1) for v in g.values()).sqrt()  # type: ignore[union-attr]
+    def full_losses(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        """The seeds' full-batch (or exact) training losses, [S]."""
+        return problem.stacked_loss(base, p, b)
+
+    def grad_norms(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+        """Norms of the seeds' full-batch training-loss gradients (no penalty), [S]: the
+        gradient of the sum over seeds is each seed's own gradient."""
+        return _per_seed_norms(grad(lambda q: full_losses(q, b).sum())(p).values())
+
     samplers: list[MinibatchSampler] = []
     if problem.per_example:
         x_all, y_all = problem.data("train")  # type: ignore[misc]
     if method.batch_size is not None:
         samplers = [MinibatchSampler(x_all.shape[0], method.batch_size, s) for s in seeds]
 
-    def view(mask: Tensor, like: Tensor) -> Tensor:
-        return mask.view(n, *([1] * (like.dim() - 1)))
-
     record = curve_steps(steps, curve_points)
     curves: list[list[list[float | None]]] = [[] for _ in seeds]
     results: list[RunResult | None] = [None] * n
-    active = torch.ones(n, dtype=torch.bool)
+    # The slots: position j of every stacked tensor (and of the per-seed tensors below) holds
+    # seed seeds[live[j]]. A run that stops leaves the batch (select_models), so each step
+    # computes the runs still going and nothing else.
+    live = list(range(n))
     best = torch.full((n,), math.inf, dtype=torch.float64)
     cost = torch.zeros(n, dtype=torch.float64)
     base_cost = step_cost(method, problem)
@@ -558,90 +566,95 @@ def run_seeds(
     tail_start = torch.full((n,), math.nan, dtype=torch.float64)
     tail_rise = torch.zeros(n, dtype=torch.float64)
     previous = torch.zeros(n, dtype=torch.float64)
-    frozen = {k: torch.zeros_like(v) for k, v in params.items()}
 
     def finish(stop: Tensor, t: int, full_list: list[float]) -> None:
-        """Record the results of the seeds in ``stop`` at theta_t and freeze them."""
-        stop_idx = stop.nonzero().flatten().tolist()
+        """Record the results of the seeds at the positions in ``stop`` (a mask), at theta_t."""
+        stop_pos = stop.nonzero().flatten().tolist()
         finals = {k: v.detach()[stop] for k, v in params.items()}
-        final_norms = v_grad_norm(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
-        for j, i in enumerate(stop_idx):
-            loss_i = full_list[i]
+        final_norms = grad_norms(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
+        for j, pos in enumerate(stop_pos):
+            i, loss_i = live[pos], full_list[pos]
             status = ("diverged" if not math.isfinite(loss_i)
                       else "ok" if problem.solved(loss_i) else "budget")
             final_norm = _finite_or_none(final_norms[j]) if status != "diverged" else None
             curves[i].append([t, _finite_or_none(loss_i), final_norm])
             results[i] = RunResult(
                 seed=seeds[i], status=status, success=status == "ok", final_loss=loss_i,
-                best_loss=float(best[i]), steps=t,
+                best_loss=float(best[pos]), steps=t,
                 steps_to_success=t if status == "ok" else None, wall_time=0.0,
                 curve=curves[i], params={k: v[j].clone() for k, v in finals.items()},
-                final_grad_norm=final_norm, cost=float(cost[i]),
-                tail_start=None if t < half else _finite_or_none(float(tail_start[i])),
-                tail_rise=float(tail_rise[i]),
+                final_grad_norm=final_norm, cost=float(cost[pos]),
+                tail_start=None if t < half else _finite_or_none(float(tail_start[pos])),
+                tail_rise=float(tail_rise[pos]),
             )
-        with torch.no_grad():
-            for k, v in params.items():
-                frozen[k] = torch.where(view(stop, v), v.detach().nan_to_num(0.0, 0.0, 0.0),
-                                        frozen[k])
 
     for t in range(steps + 1):
         if samplers or penalty is not None:
             with torch.no_grad():
-                full = v_full(params, buffers)
+                full = full_losses(params, buffers)
         else:
-            losses = v_full(params, buffers)
+            losses = full_losses(params, buffers)
             full = losses.detach()
-        best = torch.fmin(best, torch.where(torch.isfinite(full), full, math.inf))
         finite = torch.isfinite(full)
+        best = torch.fmin(best, torch.where(finite, full, math.inf))
         if t == half:
             tail_start = full.clone()
         elif t > half:
-            tail_rise += torch.where(active & finite, (full - previous).clamp(min=0.0), 0.0)
+            tail_rise += torch.where(finite, (full - previous).clamp(min=0.0), 0.0)
         previous = full
         solved = finite & (full <= problem.global_loss + problem.tolerance)
-        stop = active & (~finite | solved | (t == steps))
-        idx_active = active.nonzero().flatten().tolist()
+        stop = ~finite | solved if t < steps else torch.ones_like(finite)
         full_list = full.tolist()
         if stop.any():
             finish(stop, t, full_list)
-            active = active & ~stop
-            idx_active = active.nonzero().flatten().tolist()
-        if not idx_active:
-            break
+            if bool(stop.all()):
+                break
+        go = ~stop  # the seeds that take this step
         if samplers:
             idx = torch.stack([s.next() for s in samplers])
             if penalty is None:
                 losses = v_batch(params, buffers, x_all[idx], y_all[idx])
         opt.zero_grad()
         if penalty is None:
-            torch.where(active, losses, 0.0).sum().backward()
+            torch.where(go, losses, 0.0).sum().backward()
         else:
             total, extra = penalty.gradients(
                 params, buffers, *((x_all[idx], y_all[idx]) if samplers else (x_all, y_all)),
-                active, batched_data=bool(samplers))
+                go, batched_data=bool(samplers))
             for k, v in params.items():
                 v.grad = total[k]
         if until_converged:
             with torch.no_grad():
                 if samplers or penalty is not None:
-                    norms_t = v_grad_norm({k: v.detach() for k, v in params.items()}, buffers)
-                else:  # .grad is the full-batch gradient of each active seed's loss
-                    norms_t = sum(torch.zeros(n, dtype=torch.float64) if v.grad is None
-                                  else v.grad.reshape(n, -1).square().sum(1)
-                                  for v in params.values()).sqrt()  # type: ignore[union-attr]
-                theta_t = sum(v.detach().reshape(n, -1).square().sum(1)
-                              for v in params.values()).sqrt()  # type: ignore[union-attr]
-                converged = active & (norms_t <= gradient_threshold(problem, full, theta_t,
-                                                                    grad_tol))
+                    norms_t = grad_norms({k: v.detach() for k, v in params.items()}, buffers)
+                else:  # .grad is the full-batch gradient of each seed's loss
+                    norms_t = _per_seed_norms(v.grad for v in params.values()
+                                              if v.grad is not None)
+                theta_t = _per_seed_norms(v.detach() for v in params.values())
+                converged = go & (norms_t <= gradient_threshold(problem, full, theta_t,
+                                                                grad_tol))
             if converged.any():
                 finish(converged, t, full_list)
-                active = active & ~converged
-                idx_active = active.nonzero().flatten().tolist()
-                if not idx_active:
+                go = go & ~converged
+                if not bool(go.any()):
                     break
+        if not bool(go.all()):  # free the slots of the runs that stopped
+            keep = go.nonzero().flatten()
+            params = dict(zip(params, select_models(opt, keep), strict=True))
+            buffers = {k: v[keep] for k, v in buffers.items()}
+            if penalty is not None:
+                penalty.select(keep)
+                extra = {k: v[keep] for k, v in extra.items()}
+            best, cost, previous = best[keep], cost[keep], previous[keep]
+            tail_start, tail_rise = tail_start[keep], tail_rise[keep]
+            kept = keep.tolist()
+            live = [live[j] for j in kept]
+            full_list = [full_list[j] for j in kept]
+            if samplers:
+                samplers = [samplers[j] for j in kept]
+                idx = idx[keep]
         with torch.no_grad():
-            _fill_and_mask(params, active)
+            _fill_missing_grads(params)
             sumsq: dict[str, Tensor] | None = None
             batch = 0
             if method.per_example_stats:
@@ -654,64 +667,45 @@ def run_seeds(
                                                batched_data=False)
                     batch = x_all.shape[0]
             if sumsq is not None or penalty is not None:
-                # Written once .grad is final (masked), so that they are bound to it.
+                # Written once .grad is final, so that they are bound to it.
                 for k, v in params.items():
-                    fields.write(
-                        v, sumsq=None if sumsq is None
-                        else sumsq[k].masked_fill_(~view(active, v), 0.0),
-                        batch_size=batch, reduction="mean",
-                        extra=None if penalty is None
-                        else extra[k].masked_fill_(~view(active, v), 0.0))
+                    fields.write(v, sumsq=None if sumsq is None else sumsq[k],
+                                 batch_size=batch, reduction="mean",
+                                 extra=None if penalty is None else extra[k])
             if t in record:
-                sq = sum(v.grad.reshape(n, -1).square().sum(1)  # type: ignore[union-attr]
-                         for v in params.values())
-                norms = sq.sqrt().tolist()  # type: ignore[union-attr]
-                for i in idx_active:
-                    curves[i].append([t, _finite_or_none(full_list[i]),
-                                      _finite_or_none(norms[i])])
+                norms = _per_seed_norms(v.grad for v in params.values()).tolist()
+                for j, i in enumerate(live):
+                    curves[i].append([t, _finite_or_none(full_list[j]),
+                                      _finite_or_none(norms[j])])
+
+        def losses_now(batch: Tensor | None = idx if samplers else None,
+                       p: dict[str, Tensor] = params, b: dict[str, Tensor] = buffers) -> Tensor:
+            """The seeds' losses [S] at the current parameters, on this step's batch."""
+            return (full_losses(p, b) if batch is None
+                    else v_batch(p, b, x_all[batch], y_all[batch]))
+
         if method.loss_closure:
-
-            def loss_closure(mask: Tensor = active,
-                             batch: Tensor | None = idx if samplers else None) -> Tensor:
-                # The sum over active seeds, graph kept, no backward: its Hessian is block
-                # diagonal, and a stopped seed's block is zero, so it gets a zero step.
-                again = (v_full(params, buffers) if batch is None
-                         else v_batch(params, buffers, x_all[batch], y_all[batch]))
-                return torch.where(mask, again, 0.0).sum()
-
-            opt.step(loss_closure)
+            # The sum over the seeds, graph kept, no backward: its Hessian is block diagonal,
+            # one block per seed.
+            opt.step(lambda: losses_now().sum())
         elif method.needs_closure:
 
-            def closure(mask: Tensor = active,
-                        batch: Tensor | None = idx if samplers else None) -> Tensor:
+            def closure(p: dict[str, Tensor] = params) -> Tensor:
                 opt.zero_grad()
-                again = (v_full(params, buffers) if batch is None
-                         else v_batch(params, buffers, x_all[batch], y_all[batch]))
-                torch.where(mask, again, 0.0).sum().backward()
+                again = losses_now()
+                again.sum().backward()
                 with torch.no_grad():
-                    _fill_and_mask(params, mask)
+                    _fill_missing_grads(p)
                 return again.detach()
 
             opt.step(closure)
         elif method.guard_loss:
-
-            def guard(batch: Tensor | None = idx if samplers else None) -> Tensor:
-                # One loss per seed, [S]: each seed's kick is judged on its own loss.
-                return (v_full(params, buffers) if batch is None
-                        else v_batch(params, buffers, x_all[batch], y_all[batch]))
-
-            opt.step(guard=guard)
+            opt.step(guard=losses_now)  # one loss per seed: each kick judged on its own
         else:
             opt.step()
-        # float64 throughout: torch.where of Python scalars would make float32
-        cost += torch.where(active, torch.as_tensor(base_cost + _hvps_cost(opt),
-                                                    dtype=torch.float64), 0.0)
-        if not bool(active.all()):
-            with torch.no_grad():
-                for k, v in params.items():
-                    v.copy_(torch.where(view(active, v), v, frozen[k]))
+        cost += torch.as_tensor(base_cost + _hvps_cost(opt), dtype=torch.float64)
         if on_step is not None:
-            on_step(t, len(idx_active))
+            on_step(t, len(live))
     elapsed = (time.perf_counter() - start) / n
     out: list[RunResult] = []
     for r in results:

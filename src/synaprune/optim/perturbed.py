@@ -65,6 +65,13 @@ class _PerModel(Optimizer):
                 total += p.grad.detach().reshape(self._models, -1).square().sum(1).double()
         return total.sqrt()
 
+    def _select_models(self, index: list[int]) -> None:
+        """Per-model state for :func:`synaprune.optim._stacked.select_models`."""
+        self.generators = [self.generators[i] for i in index]
+        self.extra = {k: [v[i] for i in index] if isinstance(v, list) else v
+                      for k, v in self.extra.items()}
+        self.num_models = len(index)
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["per_model"] = {

@@ -188,6 +188,15 @@ class SaddleFreeNewton(Optimizer):
         the identity to get plain (damped) Newton in the same subspace."""
         return theta.abs()
 
+    def _select_models(self, index: list[int]) -> None:
+        """Per-model state for :func:`synaprune.optim._stacked.select_models`: the last
+        step's diagnostics."""
+        if self.ritz_values is not None:
+            self.ritz_values = self.ritz_values[index]
+        if self.krylov_dims is not None:
+            self.krylov_dims = self.krylov_dims[index]
+        self.num_models = len(index)
+
     # -- the step --------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]

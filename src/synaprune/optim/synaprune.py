@@ -390,6 +390,13 @@ class SynaPrune(Optimizer):
             # Saved before the guard existed: no kick was undone.
             self.rejected = list(extra.get("rejected", [0] * len(self.generators)))
 
+    def _select_models(self, index: list[int]) -> None:
+        """Per-model state for :func:`synaprune.optim._stacked.select_models`."""
+        self.generators = [self.generators[i] for i in index]
+        self.triggers = [self.triggers[i] for i in index]
+        self.rejected = [self.rejected[i] for i in index]
+        self.num_models = len(index)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear gradients and the per-example statistics accumulated on the parameters."""
         super().zero_grad(set_to_none=set_to_none)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 __all__ = ["Problem"]
 
@@ -88,12 +88,17 @@ class Problem:
     _exact_loss: ExactLoss | None = field(repr=False, default=None)
     _predict: Callable[[Tensor], Tensor] | None = field(repr=False, default=None)
     hidden_modules: tuple[str, ...] | None = None
+    # The exact loss also takes S stacked states (every tensor [S, ...], as
+    # torch.func.stack_module_state builds them) and returns the S losses [S] (stacked_loss).
+    _stacked_exact: bool = field(repr=False, default=False)
 
     def __post_init__(self) -> None:
         if (self._per_example_loss is None) == (self._exact_loss is None):
             raise ValueError("A problem needs exactly one of a per-example loss or an exact loss")
         if self.per_example != (self._per_example_loss is not None):
             raise ValueError("per_example must be True exactly when a per-example loss is given")
+        if self._stacked_exact and self._exact_loss is None:
+            raise ValueError("_stacked_exact needs an exact loss")
         if self.per_example and "train" not in self._splits:
             raise ValueError("A per-example problem needs a 'train' split")
         if not (math.isfinite(self.global_loss) and self.tolerance > 0):
@@ -302,6 +307,29 @@ class Problem:
         x, y = self._batch(x, y)
         output = functional_call(model, (dict(params), dict(buffers)), (x,))
         return self.loss_fn(output, y)
+
+    def stacked_loss(self, model: nn.Module, params: Mapping[str, Tensor],
+                     buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Full-batch (or exact) training losses of S stacked models.
+
+        The exact loss's own stacked form where the problem has one (teacher-student: the
+        closed form over [S, k, d], about twice as fast as vmap at k = 16), otherwise ``vmap``
+        of :meth:`functional_loss`. Either way model s's loss, and its gradient, depend on
+        its own slices only.
+
+        Args:
+            model: A model of this problem's architecture (it may live on ``meta``).
+            params: Stacked parameters by name, each [S, ...]
+                (``torch.func.stack_module_state``).
+            buffers: Stacked buffers by name, each [S, ...]; None means none.
+
+        Returns:
+            Tensor of size [S].
+        """
+        buffers = {} if buffers is None else buffers
+        if self._stacked_exact:
+            return self.exact_loss_fn({**buffers, **params})
+        return vmap(lambda p, b: self.functional_loss(model, p, b))(params, buffers)
 
     def _batch(self, x: Tensor | None, y: Tensor | None) -> tuple[Tensor, Tensor]:
         if x is None and y is None:

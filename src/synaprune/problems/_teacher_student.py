@@ -126,6 +126,11 @@ def _kernel_of(dot: Tensor, s: Tensor, angle: Tensor) -> Tensor:
     return (s + (math.pi - angle) * dot) / (2 * math.pi)
 
 
+def _bilinear(a: Tensor, matrix: Tensor, b: Tensor) -> Tensor:
+    """``a^T M b`` over leading dimensions: a [..., k], M [..., k, n], b [..., n] -> [...]."""
+    return (a.unsqueeze(-2) @ matrix @ b.unsqueeze(-1))[..., 0, 0]
+
+
 def _population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tensor) -> Tensor:
     """``E[(sum_i a_i relu(w_i.x) - sum_j b_j relu(e_j.x))^2] / 2`` in closed form, autograd
     through :func:`relu_kernel`: the reference of :class:`_PopulationLoss`."""
@@ -135,7 +140,8 @@ def _population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tens
 
 
 def _student_pairs(w: Tensor, accurate: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """P, S^2, |w_i|^2 |w_l|^2 (all [k, k]) and |w_i|^2 ([k]) of the student's own pairs.
+    """P, S^2, |w_i|^2 |w_l|^2 (all [..., k, k]) and |w_i|^2 ([..., k]) of the student's own
+    pairs, w of size [..., k, d] (leading dimensions: stacked students).
 
     S^2 is ``|w_i|^2 |w_l|^2 - P^2``: only matrix products. Its cancellation error (about
     eps |w_i|^2 |w_l|^2) reaches the kernel damped by dk/dS = sin^2 t / (2 pi), and the closed
@@ -146,49 +152,52 @@ def _student_pairs(w: Tensor, accurate: bool) -> tuple[Tensor, Tensor, Tensor, T
     :func:`relu_kernel`) and only its derivatives from the polynomial. The diagonal is exactly
     parallel.
     """
-    dot = w @ w.T
-    w_sq = w.square().sum(dim=1)
-    norms_sq = w_sq[:, None] * w_sq[None, :]
-    eye = torch.eye(w.shape[0], dtype=torch.bool)
+    dot = w @ w.mT
+    w_sq = w.square().sum(dim=-1)
+    norms_sq = w_sq[..., :, None] * w_sq[..., None, :]
+    eye = torch.eye(w.shape[-2], dtype=torch.bool)
     lagrange = torch.where(eye, 0.0, norms_sq - dot.square())
     if not accurate:
         return dot, lagrange, norms_sq, w_sq
     wd, dotd, w_sq_d = w.detach(), dot.detach(), w_sq.detach()
     safe = torch.where(w_sq_d > 0, w_sq_d, torch.ones_like(w_sq_d))
-    perp = wd[None, :, :] - (dotd / safe[:, None])[:, :, None] * wd[:, None, :]
-    exact = torch.where(eye, 0.0, w_sq_d[:, None] * perp.square().sum(dim=2))
+    perp = wd[..., None, :, :] - (dotd / safe[..., :, None])[..., None] * wd[..., :, None, :]
+    exact = torch.where(eye, 0.0, w_sq_d[..., :, None] * perp.square().sum(dim=-1))
     return dot, lagrange + (exact - lagrange.detach()), norms_sq, w_sq
 
 
 def _teacher_pairs(w: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """P, S^2 and |w_i|^2 |e_j|^2 ([k, n] each) against e_1..e_n (:func:`relu_kernel_basis`)."""
-    others = 1.0 - torch.eye(w.shape[1], n, dtype=w.dtype)  # [d, n]: 0 where a == j
+    """P, S^2 and |w_i|^2 |e_j|^2 ([..., k, n] each) against e_1..e_n, w of size [..., k, d]
+    (:func:`relu_kernel_basis`)."""
+    others = 1.0 - torch.eye(w.shape[-1], n, dtype=w.dtype)  # [d, n]: 0 where a == j
     w_sq = w.square()
-    return w[:, :n], w_sq @ others, w_sq.sum(dim=1, keepdim=True).expand(-1, n)
+    return w[..., :n], w_sq @ others, w_sq.sum(dim=-1, keepdim=True).expand(*w.shape[:-1], n)
 
 
 def _population_value(w: Tensor, a: Tensor, b: Tensor, teacher_term: Tensor, n: int
                       ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The loss of :func:`_population_loss` from the matrix-product S^2 (no [k, k, d]), and
-    the angles its gradient needs (:func:`_population_grad`'s ``angles``)."""
+    the angles its gradient needs (:func:`_population_grad`'s ``angles``). w [..., k, d] and
+    a [..., k] with the same leading dimensions (stacked students); the loss is [...]."""
     dot, s_sq, norms_sq, w_sq = _student_pairs(w, accurate=False)
     t_dot, t_s_sq, t_norms_sq = _teacher_pairs(w, n)
     s, angle = _angles(dot, s_sq, norms_sq)
     t_s, t_angle = _angles(t_dot, t_s_sq, t_norms_sq)
-    student_term = a @ _kernel_of(dot, s, angle) @ a
-    cross_term = a @ _kernel_of(t_dot, t_s, t_angle) @ b
+    student_term = _bilinear(a, _kernel_of(dot, s, angle), a)
+    cross_term = _bilinear(a, _kernel_of(t_dot, t_s, t_angle), b)
     loss = 0.5 * (student_term - 2.0 * cross_term + teacher_term)
     return loss, (w_sq, s, angle, t_s, t_angle)
 
 
 def _population_grad(w: Tensor, a: Tensor, b: Tensor, n: int, accurate: bool,
                      angles: tuple[Tensor, ...] | None = None) -> Tensor:
-    """Gradient of the population loss with respect to w, [k, d], in closed form.
+    """Gradient of the population loss with respect to w, [..., k, d], in closed form.
 
     With ``grad_w k(w, v) = (S / |w|^2 w + (pi - t) v) / (2 pi)`` (a zero w gets ``v / 2``, the
     one-sided derivative autograd gives :func:`relu_kernel`):
     ``dL/dw_i = a_i sum_l a_l grad k(w_i, w_l) - a_i sum_j b_j grad k(w_i, e_j)``: matrix
-    products over the [k, k] and [k, n] angles. Differentiable (``accurate=True`` for
+    products over the [k, k] and [k, n] angles, for w [..., k, d] and a [..., k] with any
+    leading dimensions (stacked students). Differentiable (``accurate=True`` for
     second derivatives, see :func:`_student_pairs`); ``angles`` (from
     :func:`_population_value`, not differentiable) skips recomputing |w|^2, S and t.
     """
@@ -199,12 +208,13 @@ def _population_grad(w: Tensor, a: Tensor, b: Tensor, n: int, accurate: bool,
     else:
         w_sq, s, angle, t_s, t_angle = angles
     inv_sq = 1.0 / torch.where(w_sq > 0, w_sq, torch.ones_like(w_sq))
-    along_w = (s @ a - t_s @ b) * inv_sq  # [k]
-    towards = ((math.pi - angle) * a) @ w  # [k, d]
-    teacher = (math.pi - t_angle) * b  # [k, n]
-    if w.shape[1] > n:
-        teacher = torch.cat([teacher, teacher.new_zeros(w.shape[0], w.shape[1] - n)], dim=1)
-    return a[:, None] * (along_w[:, None] * w + towards - teacher) / (2 * math.pi)
+    along_w = ((s @ a.unsqueeze(-1)).squeeze(-1) - t_s @ b) * inv_sq  # [..., k]
+    towards = ((math.pi - angle) * a.unsqueeze(-2)) @ w  # [..., k, d]
+    teacher = (math.pi - t_angle) * b  # [..., k, n]
+    if w.shape[-1] > n:
+        teacher = torch.cat([teacher, teacher.new_zeros(*w.shape[:-1], w.shape[-1] - n)],
+                            dim=-1)
+    return a.unsqueeze(-1) * (along_w.unsqueeze(-1) * w + towards - teacher) / (2 * math.pi)
 
 
 class _PopulationLoss(torch.autograd.Function):
@@ -213,10 +223,12 @@ class _PopulationLoss(torch.autograd.Function):
     Autograd through :func:`relu_kernel` records about 150 small operations per loss and its
     student term a [k, k, d] tensor; here the loss and its gradient are a few matrix products
     over [k, k], which is most of a step of the seed-batched runner at k = 16
-    (docs/benchmarks.md). Second derivatives (Hessian-vector products: a backward with
-    ``create_graph=True``) differentiate the closed-form gradient, recomputed then from w with
-    the accurate S^2. ``vmap`` rule generated (no data-dependent control flow). The forward
-    also returns the angles, which the first-order backward reuses.
+    (docs/benchmarks.md). Leading dimensions of w and a are stacked students (the runner's
+    [S, k, d], about twice as fast as vmap over the students at k = 16). Second derivatives
+    (Hessian-vector products: a backward with ``create_graph=True``) differentiate the
+    closed-form gradient, recomputed then from w with the accurate S^2. ``vmap`` rule
+    generated (no data-dependent control flow). The forward also returns the angles, which the
+    first-order backward reuses.
     """
 
     generate_vmap_rule = True
@@ -244,7 +256,7 @@ class _PopulationLoss(torch.autograd.Function):
             grad = _population_grad(w, a, b, ctx.n, accurate=True)
         else:
             grad = _population_grad(w, a, b, ctx.n, accurate=False, angles=tuple(angles))
-        return grad_output * grad, None, None, None, None
+        return grad_output[..., None, None] * grad, None, None, None, None
 
     @staticmethod
     def jvp(ctx, w_tangent: Tensor, *_: Tensor | None):  # type: ignore[no-untyped-def]
@@ -258,7 +270,7 @@ class _PopulationLoss(torch.autograd.Function):
                 "torch.func.hessian or jacrev(jacfwd(f))")
         w, a, b = ctx.forward_inputs
         grad = _population_grad(w, a, b, ctx.n, accurate=True)
-        return ((grad * w_tangent).sum(), *[None] * 5)
+        return ((grad * w_tangent).sum(dim=(-2, -1)), *[None] * 5)
 
 
 def _forward_levels() -> int:
@@ -270,9 +282,24 @@ def _forward_levels() -> int:
 def population_loss(w: Tensor, a: Tensor, n: int, b: Tensor, teacher_term: Tensor) -> Tensor:
     """The teacher-student population loss, with the closed-form gradient where it applies.
 
-    Output weights that require a gradient go through autograd of :func:`relu_kernel`.
+    Args:
+        w: First-layer weights, [k, d], or [S, k, d] for S stacked students.
+        a: Output weights, [k] (or [S, k]).
+        n: Teacher neurons (the basis vectors e_1..e_n).
+        b: Teacher output weights, [n].
+        teacher_term: ``b^T K(E, E) b``, a scalar.
+
+    Returns:
+        The loss, a scalar (or [S], one per stacked student, each depending on its own
+        slice only).
+
+    Output weights that require a gradient go through autograd of :func:`relu_kernel`, one
+    student at a time.
     """
     if a.requires_grad or b.requires_grad:
+        if w.dim() != 2:
+            raise ValueError("Output weights that require a gradient need one student, w of "
+                             f"size [k, d]; got {list(w.shape)} (use vmap over students)")
         return _population_loss(w, a, n, b, teacher_term)
     return _PopulationLoss.apply(w, a, b, teacher_term, n)[0]
 
@@ -375,4 +402,5 @@ def teacher_student_problem(k: int, n: int | None, d: int | None, exact: bool, N
         _splits=splits,
         _per_example_loss=None if exact else per_example_loss,
         _exact_loss=exact_loss if exact else None,
+        _stacked_exact=exact,
     )
