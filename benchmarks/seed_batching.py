@@ -77,7 +77,7 @@ def main() -> None:
     print("|---|---:|---:|")
     print(f"| Python loop over seeds (timed on {args.loop_seeds}) | {args.seeds} | "
           f"{loop_rate:,.0f} |")
-    print(f"| batched (vmap over seeds, one optimizer) | {args.seeds} | {batch_rate:,.0f} |")
+    print(f"| batched (stacked seeds, one optimizer) | {args.seeds} | {batch_rate:,.0f} |")
     print()
     print(f"speed-up: {statistics.median(ratios):.1f}x (rounds: "
           f"{', '.join(f'{r:.1f}x' for r in ratios)}); "

@@ -1,18 +1,20 @@
-"""Cost of the seed-batched teacher-student gradient, three ways: autograd through the
+"""Cost of the seed-batched teacher-student gradient, four ways: autograd through the
 kernel's [k, n, d] orthogonal component (the first formula), autograd through
 :func:`synaprune.problems.relu_kernel` (that component's value outside autograd: the formula
-before the closed-form gradient), and the closed-form gradient of ``_PopulationLoss`` (now).
+before the closed-form gradient), the closed-form gradient of ``_PopulationLoss`` under
+``vmap`` over the students, and the same closed form called once on the stacked [S, k, d]
+students (what the runner does now, through ``Problem.stacked_loss``).
 
 Exact command (from the repository root):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/teacher_student_kernel.py --k 8 12 16 --seeds 256
 
 For each k, the seed-batched runner's step is timed: the loss of ``--seeds`` stacked students
-by ``vmap``, summed, and one ``backward`` (what :func:`synaprune.bench.run_seeds` does each
-step). The three are alternated in each of ``--rounds`` rounds in this one process; ratios are
-medians over rounds. Their gradients are compared too. (``torch.func.grad`` always records
-the graph of its backward, so under it the closed form takes its second-order path, with the
-accurate S^2; the runner's step does not.)
+(by ``vmap``, or stacked), summed, and one ``backward`` (what
+:func:`synaprune.bench.run_seeds` does each step). The four are alternated in each of
+``--rounds`` rounds in this one process; ratios are medians over rounds. Their gradients are
+compared too. (``torch.func.grad`` always records the graph of its backward, so under it the
+closed form takes its second-order path, with the accurate S^2; the runner's step does not.)
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, 1 thread, {args.seeds} seeds, float64")
     print()
-    print("| k | orthogonal component (ms) | relu_kernel (ms) | closed form (ms) | "
-          "closed form vs relu_kernel | vs orthogonal | max gradient difference |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| k | orthogonal component (ms) | relu_kernel (ms) | closed form, vmap (ms) | "
+          "closed form, stacked (ms) | vmap closed form vs relu_kernel | stacked vs vmap | "
+          "stacked vs orthogonal | max gradient difference |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.k:
         print(_row(k, args.seeds, args.rounds, args.reps))
 
@@ -79,17 +82,19 @@ def _row(k: int, seeds: int, rounds: int, reps: int) -> str:
     def closed_form(x: Tensor) -> Tensor:
         return population_loss(x, ones, k, ones, teacher_term)
 
-    def runner_step(loss: Callable[[Tensor], Tensor]) -> Callable[[], Tensor]:
+    def runner_step(loss: Callable[[Tensor], Tensor], stacked: bool = False
+                    ) -> Callable[[], Tensor]:
         leaf = w.clone().requires_grad_(True)
+        losses = loss if stacked else vmap(loss)
 
         def step() -> Tensor:
             leaf.grad = None
-            vmap(loss)(leaf).sum().backward()
+            losses(leaf).sum().backward()
             return leaf.grad
         return step
 
     steps = {"orthogonal": runner_step(reference), "relu_kernel": runner_step(autograd_kernel),
-             "closed": runner_step(closed_form)}
+             "closed": runner_step(closed_form), "stacked": runner_step(closed_form, True)}
     grads = {name: f().clone() for name, f in steps.items()}
     diff = max((g - grads["orthogonal"]).abs().max().item() for g in grads.values())
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -100,13 +105,14 @@ def _row(k: int, seeds: int, rounds: int, reps: int) -> str:
                 f()
             times[name].append((time.perf_counter() - start) / reps)
 
-    def ratio(slow: str) -> float:
-        return statistics.median(o / n for o, n in zip(times[slow], times["closed"],
-                                                       strict=True))
+    def ratio(slow: str, fast: str) -> float:
+        return statistics.median(o / n for o, n in zip(times[slow], times[fast], strict=True))
 
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     return (f"| {k} | {ms['orthogonal']:.1f} | {ms['relu_kernel']:.1f} | {ms['closed']:.1f} | "
-            f"{ratio('relu_kernel'):.2f}x | {ratio('orthogonal'):.2f}x | {diff:.1e} |")
+            f"{ms['stacked']:.1f} | {ratio('relu_kernel', 'closed'):.2f}x | "
+            f"{ratio('closed', 'stacked'):.2f}x | {ratio('orthogonal', 'stacked'):.2f}x | "
+            f"{diff:.1e} |")
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ global minimum or to a spurious one. This continues every such run of a database
 stored final parameters with plain full-batch gradient descent at the run's own step (its
 method's ``lr``: the GD step for the GD-type methods of the hard-regime study; not a GD step
 for Adam or saddle-free Newton, whose cells there have no such runs), all runs of a cell at
-once (``vmap`` over the stacked runs, the exact or full-batch loss), until each is solved,
-converged (the lab's gradient rule, :func:`synaprune.bench.kinds.gradient_threshold`) or at
-``--cap`` further steps, and names it with the lab's own :func:`synaprune.bench.kinds.classify`
-(Lanczos on the Hessian where the gradient is small). Nothing is written to the database.
+once in the lab's own runner (:func:`synaprune.bench.run_seeds` with ``until_converged``, from
+the stored parameters instead of the initialisation), until each is solved, converged or at
+``--cap`` further steps, and names it as the lab does (:mod:`synaprune.bench.kinds`: Lanczos on
+the Hessian where the gradient is small). Nothing is written to the database.
 
     python scripts/settle_moving.py OUT/e16.db [--cap 30000] [--json OUT/settled.json]
 
@@ -21,69 +21,43 @@ atomically), which ``scripts/study_hard_regime.py --settled`` reads.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from torch.func import vmap
 
 from synaprune._io import atomic_output
-from synaprune.bench.kinds import classify, gradient_threshold
+from synaprune.bench import get_method, run_seeds
 from synaprune.bench.store import ResultStore
-from synaprune.problems import get_problem
+from synaprune.problems import Problem, get_problem
 
 
-def settle(problem_spec: str, lr: float, stacked: dict[str, torch.Tensor], seeds: list[int],
+def continued(problem: Problem, starts: dict[int, dict[str, torch.Tensor]]) -> Problem:
+    """``problem`` whose model of seed s starts from ``starts[s]`` (a run's stored final
+    parameters) instead of its initialisation: the lab's runner then continues the runs."""
+
+    def make(generator: torch.Generator) -> torch.nn.Module:
+        model = problem.build_model(0)  # the architecture and buffers
+        model.load_state_dict(starts[generator.initial_seed()], strict=False)
+        return model
+
+    return dataclasses.replace(problem, _make_model=make)
+
+
+def settle(problem_spec: str, lr: float, starts: dict[int, dict[str, torch.Tensor]],
            cap: int) -> Counter:
-    """Continue the stacked runs with GD at ``lr``; the kinds they end with."""
-    problem = get_problem(problem_spec)
-    model = problem.build_model(0)
-    base = copy.deepcopy(model).to("meta")
-    buffers = {k: v.detach().expand(len(seeds), *v.shape).clone()
-               for k, v in model.named_buffers()}
-    params = {k: v.clone().requires_grad_(True) for k, v in stacked.items()}
-    losses_of = vmap(lambda p, b: problem.functional_loss(base, p, b))
-    n = len(seeds)
-    active = torch.ones(n, dtype=torch.bool)
-    status = ["budget"] * n
-    final: list[tuple[float, float] | None] = [None] * n
-    for t in range(cap + 1):
-        for v in params.values():
-            v.grad = None
-        losses = losses_of(params, buffers)
-        torch.where(active, losses, 0.0).sum().backward()
-        with torch.no_grad():
-            grad_norm = sum(v.grad.reshape(n, -1).square().sum(1)
-                            for v in params.values()).sqrt()
-            theta = sum(v.reshape(n, -1).square().sum(1) for v in params.values()).sqrt()
-            loss = losses.detach()
-            done = active & (~torch.isfinite(loss) | (loss <= problem.global_loss
-                                                      + problem.tolerance)
-                             | (grad_norm <= gradient_threshold(problem, loss, theta))
-                             | torch.tensor(t == cap))
-            for i in done.nonzero().flatten().tolist():
-                status[i] = ("diverged" if not torch.isfinite(loss[i])
-                             else "ok" if problem.solved(float(loss[i])) else "budget")
-                final[i] = (float(loss[i]), float(grad_norm[i]))
-            active &= ~done
-            if not active.any():
-                break
-            for v in params.values():
-                mask = active.view(-1, *([1] * (v.dim() - 1)))
-                v.sub_(torch.where(mask, lr * v.grad, 0.0))
-    kinds: Counter = Counter()
-    for i in range(n):
-        loss_i, grad_i = final[i]  # type: ignore[misc]
-        out = classify(problem, status=status[i], final_loss=loss_i, final_grad_norm=grad_i,
-                       params={k: v[i].detach() for k, v in params.items()}, seed=seeds[i])
-        kinds[out.kind] += 1
-    return kinds
+    """Continue the runs (seed -> final parameters) with gd at ``lr`` in the lab's runner,
+    until converged or ``cap`` more steps; the kinds they end with."""
+    problem = continued(get_problem(problem_spec), starts)
+    runs = run_seeds(problem, get_method(f"gd:lr={lr}"), sorted(starts), cap,
+                     until_converged=True)
+    return Counter(r.kind for r in runs)
 
 
 # Options shown in the table (the others are a method's defaults, or the problem's fixed ones).
-_SHOWN = ("k", "n", "exact", "lr", "restarts", "noise", "noise_steps")
+_SHOWN = ("k", "n", "exact", "lr", "restarts", "noise", "noise_steps", "radius", "eta", "rho")
 
 
 def short(spec: str) -> str:
@@ -121,10 +95,8 @@ def main() -> None:
               "| still moving | other |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for (problem, method, budget), runs in sorted(cells.items()):
-            loaded = [store.load_params(r["id"]) for r in runs]
-            stacked = {k: torch.stack([p[k] for p in loaded]) for k in loaded[0]}
-            kinds = settle(problem, float(runs[0]["method_options"]["lr"]), stacked,
-                           [r["seed"] for r in runs], args.cap)
+            starts = {r["seed"]: store.load_params(r["id"]) for r in runs}
+            kinds = settle(problem, float(runs[0]["method_options"]["lr"]), starts, args.cap)
             other = sum(v for k, v in kinds.items()
                         if k not in ("global", "spurious", "saddle", "moving"))
             settled[f"{problem}|{method}|{budget}"] = {"at_budget": len(runs), **kinds,
