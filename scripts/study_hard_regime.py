@@ -44,7 +44,8 @@ def method_label(name: str, options: dict[str, Any], student: int, teacher: int)
 
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
          "gd, student k+1", "gd, student k+2",
-         "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton")
+         "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton",
+         "synaprune-b", "synaprune-a", "synaprune-c")
 
 
 def collect(out: Path, cost: float | None,
@@ -174,7 +175,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 + 3 * (len(modes) - 1), 7.5),
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
-    markers = dict(zip(ORDER, "osv^DP<>*X", strict=True))
+    markers = dict(zip(ORDER, "osv^DP<>*Xhpd", strict=True))
     rows = (("spurious minima, moving runs settled", eventual),
             ("failed (not global)", lambda c: c["steps"].runs - c["steps"].kind_global))
     for col, mode in enumerate(modes):
@@ -186,7 +187,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                              if c["label"] == label and count(c) is not None)
                 if not pts:
                     continue
-                x = [k + 0.14 * (i - 4.5) for k, _, _ in pts]
+                x = [k + 0.1 * (i - 6) for k, _, _ in pts]
                 y = [100 * m / n for _, m, n in pts]
                 ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],

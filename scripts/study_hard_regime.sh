@@ -5,11 +5,16 @@
 # 6000; sampled (N = 2000) k = 8, 12, 16: seeds 0-199, 3000 steps. Methods: gd,
 # synaprune-escape, gd-restarts R = 4 (the tuned R) and R = 2 (same total budget), and the
 # over-parameterised students k+1, k+2 with gd at the teacher's 5/k (exact only).
-# Parts that can run side by side (one thread each): "exact", "sampled" and "others" (the other
-# baselines of issue 9, section 3, at their plain defaults and GD's step, untuned: a pointer,
-# seeds 0-199, exact k = 12 and 16); "all" (the default) runs the three one after the other.
+# Parts that can run side by side (one thread each): "exact", "sampled", "others" (the other
+# baselines of issue 9, section 3, at GD's step with the options of their equal-effort tuning,
+# scripts/tune_hard_regime.sh: perturbed-gd radius 8, threshold 1e-3; gradient-noise eta 1e-6;
+# sam rho 3e-4; saddle-free Newton at its defaults, not tuned; seeds 0-199, exact k = 8, 12, 16)
+# and "presets" (the lab's other SynaPrune presets at GD's step with the knobs tuned on
+# teacher-student:exact=false,k=6, docs/tuning.md, not re-tuned here: synaprune-b, the stall-
+# triggered noise, on exact k = 12 and 16; synaprune-a, -b, -c on sampled k = 12, where the
+# per-example mechanisms A and C apply; seeds 0-199); "all" (the default) runs them in turn.
 # Resumable: finished runs are skipped on reruns.
-# Usage: scripts/study_hard_regime.sh [OUT] [exact|sampled|others|all]
+# Usage: scripts/study_hard_regime.sh [OUT] [exact|sampled|others|presets|all]
 #   then: python scripts/study_hard_regime.py OUT
 set -euo pipefail
 OUT=${1:-out/study}
@@ -44,10 +49,21 @@ if [ "$PART" = sampled ] || [ "$PART" = all ]; then
 fi
 if [ "$PART" = others ] || [ "$PART" = all ]; then
   O=(--seeds 200 --batch-seeds 200)
-  for cell in "12 0.4167" "16 0.3125"; do
+  for cell in "8 0.625" "12 0.4167" "16 0.3125"; do
     set -- $cell
     run "${O[@]}" --problem "teacher-student:k=$1" --db "$OUT/o$1.db" \
-      --method "perturbed-gd:lr=$2,gradient-noise:lr=$2,sam:lr=$2,saddle-free-newton"
+      --method "perturbed-gd:lr=$2,radius=8,threshold=0.001,gradient-noise:lr=$2,eta=0.000001,sam:lr=$2,rho=0.0003,saddle-free-newton"
   done
+fi
+if [ "$PART" = presets ] || [ "$PART" = all ]; then
+  P=(--seeds 200 --batch-seeds 200)
+  B="noise=0.1,stall_threshold=0.01"  # synaprune-b's tuned knobs (teacher-student, k = 6)
+  for cell in "12 0.4167" "16 0.3125"; do
+    set -- $cell
+    run "${P[@]}" --problem "teacher-student:k=$1" --db "$OUT/p$1.db" \
+      --method "synaprune-b:lr=$2,$B"
+  done
+  run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
+    --method "synaprune-b:lr=0.4167,$B,synaprune-c:lr=0.4167,beta=0.1,synaprune-a:lr=0.4167,blend=0.25"
 fi
 echo "$(date -u +%T) done ($PART)" >&2

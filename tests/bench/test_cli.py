@@ -390,3 +390,19 @@ def test_bench_ray_refuses_a_stopping_rule_it_would_ignore(tmp_path: Path) -> No
             _run(["bench", "--problem", "xor", "--method", "gd", "--db", str(db), "--quiet",
                   "--ray", "auto", *extra])
     assert not db.exists()
+
+
+def test_bench_names_a_missing_folder_before_training(tmp_path: Path, capsys,
+                                                      monkeypatch) -> None:
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the database cannot be written")
+
+    monkeypatch.setattr(sys.modules["synaprune.bench.sweep"], "run_seeds", no_training)
+    db = tmp_path / "missing" / "r.db"
+    status = bench_main(["bench", "--problem", "xor", "--method", "gd", "--seeds", "2",
+                         "--steps", "5", "--quiet", "--db", str(db)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"the folder '{db.parent}' does not exist" in err
+    assert not db.parent.exists()  # not created behind the user's back

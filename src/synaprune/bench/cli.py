@@ -62,6 +62,10 @@ def problem_filters(specs: list[str]) -> list[str]:
 
 
 def _open_store(path: str, readonly: bool) -> ResultStore:
+    folder = Path(path).parent
+    if not readonly and not folder.is_dir():
+        raise UsageError(f"cannot write database '{path}': the folder '{folder}' does not exist; "
+                         "create it (mkdir -p) or choose another --db")
     try:
         return ResultStore(path, readonly=readonly)
     except FileNotFoundError:
