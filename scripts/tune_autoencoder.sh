@@ -13,7 +13,7 @@
 # Saddle-free Newton is not tuned here: 20 Hessian-vector products a step make one setting cost
 # about as much as all the others together (docs/tuning.md).
 # One bench process, one thread; resumable. Then: python scripts/tune_hard_regime.py OUT
-# Usage: scripts/tune_autoencoder.sh OUT gd | scripts/tune_autoencoder.sh OUT others STEP
+# Usage: scripts/tune_autoencoder.sh OUT gd | scripts/tune_autoencoder.sh OUT others|extension STEP
 set -euo pipefail
 OUT=${1:-out/tune_ae}
 PART=${2:-gd}
@@ -28,6 +28,21 @@ if [ "$PART" = gd ]; then
 fi
 L=${3:?"the step gd won at (stage 1)"}
 H=$(python3 -c "print(round($L / 2, 6))")
+if [ "$PART" = extension ]; then
+  # The extension rule: a winner at the edge of its grid gets one more value beyond it (stage 2
+  # at lr 4.5: gd-restarts won at R = 2 with step L/2, gradient-noise at eta 1e-5, escape at
+  # sigma_0 0.03 over 60 %, perturbed-gd at radius 2, sam at rho 1e-3: all at an edge).
+  Q=$(python3 -c "print(round($L / 4, 6))")
+  M="gd-restarts:lr=$Q,restarts=2,gradient-noise:lr=$L,eta=0.000001"
+  M="$M,synaprune-b:lr=$L,noise=0.01,noise_schedule=linear,noise_steps=600,noise_trigger=always"
+  M="$M,perturbed-gd:lr=$L,radius=4,threshold=0.001,sam:lr=$L,rho=0.0003"
+  "$SP" bench "${COMMON[@]}" --method "$M"
+  # Extended again where the extension won and gained (more global runs than the winner before
+  # it): perturbed-gd's radius 4 (21 against 20). sam's rho 3e-4 tied (19, gd's count).
+  "$SP" bench "${COMMON[@]}" --method "perturbed-gd:lr=$L,radius=8,threshold=0.001"
+  echo "$(date -u +%T) extension done" >&2
+  exit 0
+fi
 M="synaprune-escape:lr=$L"
 for s in 0.03 0.1 0.2; do for f in 600 800; do
   M="$M,synaprune-b:lr=$L,noise=$s,noise_schedule=linear,noise_steps=$f,noise_trigger=always"

@@ -40,6 +40,10 @@ def setting(name: str, options: dict[str, Any], k: int | None, budget: int) -> t
     if name == "synaprune-b":
         return "escape (mechanism B)", (f"sigma_0={options['noise']:g}, noise over "
                                         f"{options['noise_steps'] / budget:.0%}, {c}")
+    if name == "synaprune-a":
+        return name, f"blend={options['blend']:g}, {c}"
+    if name == "synaprune-c":
+        return name, f"beta={options['beta']:g}, {c}"
     if name == "synaprune-escape":
         return "escape (mechanism B)", f"the preset (sigma_0=0.2, noise over 80%), {c}"
     raise ValueError(f"Unexpected method {name!r} in a tuning database")
@@ -50,7 +54,7 @@ def cell_of(row: dict[str, Any]) -> tuple[str, int | None]:
     otherwise."""
     if row["problem_name"] == "teacher-student":
         k = int(row["problem_params"]["k"])
-        return f"k={k}", k
+        return f"k={k}" + ("" if row["problem_params"]["exact"] else ", sampled"), k
     return row["problem_name"], None
 
 

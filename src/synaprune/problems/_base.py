@@ -5,12 +5,14 @@ a success tolerance. Everything is float64 and deterministic: data come from cod
 installed package with fixed seeds, and models are initialised from a ``torch.Generator``
 seeded with the model seed only, so building a model never touches torch's global RNG.
 
-The loss is offered in two shapes so that the same problem serves an ordinary training loop
+The loss is offered in three shapes so that the same problem serves an ordinary training loop
 and a vmap over many stacked seeds:
 
 * stateful: ``problem.loss(model)`` (full batch) or ``problem.loss(model, x, y)`` (minibatch);
 * functional: ``problem.functional_loss(model, params, buffers)``, a pure function of the
-  parameter and buffer dicts, made for ``torch.func.stack_module_state`` + ``vmap``.
+  parameter and buffer dicts, made for ``torch.func.stack_module_state`` + ``vmap``;
+* stacked: ``problem.stacked_loss(model, params, buffers)``, the S full-batch losses of S
+  stacked models at once (the exact teacher-student loss natively, ``vmap`` otherwise).
 
 For per-example problems the loss is ``loss_fn(model(x), y)``, the mean over the batch of
 ``per_example_loss_fn(model(x), y)`` (a tensor of size [B]). The exact teacher-student problem
