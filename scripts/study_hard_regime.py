@@ -176,6 +176,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
     markers = dict(zip(ORDER, "osv^DP<>*Xhpd", strict=True))
+    colors = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "teal"]  # one a method
     rows = (("spurious minima, moving runs settled", eventual),
             ("failed (not global)", lambda c: c["steps"].runs - c["steps"].kind_global))
     for col, mode in enumerate(modes):
@@ -192,7 +193,7 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                 ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
                        [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
-                ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3, color=f"C{i}",
+                ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3, color=colors[i],
                             linestyle="-" if len(pts) > 1 else "none", label=label)
             ax.set_xticks(sorted({c["n"] for c in group}))
             ax.grid(alpha=0.3)
