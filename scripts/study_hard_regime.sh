@@ -65,5 +65,9 @@ if [ "$PART" = presets ] || [ "$PART" = all ]; then
   done
   run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
     --method "synaprune-b:lr=0.4167,$B,synaprune-c:lr=0.4167,beta=0.1,synaprune-a:lr=0.4167,blend=0.25"
+  # At GD's step every run of A and C diverges: their own steps, tuned on held-out seeds
+  # (scripts/tune_hard_regime.sh OUT mechanisms): A at 0.5 x 5/k, C at 0.3 x 5/k.
+  run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
+    --method "synaprune-c:lr=0.125,beta=0.1,synaprune-a:lr=0.208333,blend=0.25"
 fi
 echo "$(date -u +%T) done ($PART)" >&2

@@ -36,6 +36,9 @@ if [ "$PART" = mechanisms ]; then
   done
   "$SP" bench "${COMMON[@]}" --seeds 32 --problem "teacher-student:k=12,exact=false,N=2000" \
     --method "${M#,}" --db "$OUT/m12s.db"
+  # The extension rule: A won at c = 0.5, the edge (16 of 32; C won inside, at c = 0.3).
+  "$SP" bench "${COMMON[@]}" --seeds 32 --problem "teacher-student:k=12,exact=false,N=2000" \
+    --method "synaprune-a:lr=$(lr 0.75 12),blend=0.25" --db "$OUT/m12s.db"
   echo "$(date -u +%T) mechanisms done" >&2
   exit 0
 fi
