@@ -42,6 +42,12 @@ def method_label(name: str, options: dict[str, Any], student: int, teacher: int)
     return name
 
 
+def step_note(lr: float | None, teacher: int) -> str:
+    """`` at lr X`` when a cell's step is not GD's 5/k (A and C at their own tuned step), so
+    that two cells of one method on one problem keep apart in every table and the figure."""
+    return "" if lr is None or abs(lr - 5 / teacher) < 1e-3 else f" at lr {lr:g}"
+
+
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
          "gd, student k+1", "gd, student k+2",
          "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton",
@@ -71,15 +77,18 @@ def collect(out: Path, cost: float | None,
         for key, (pp, name, opts, runs) in meta.items():
             mode, n, k = problem_key(pp)
             spur = [r for r in runs if r["kind"] == "spurious"]
+            base = method_label(name, opts, k, n)
             cells.append(dict(
-                mode=mode, n=n, k=k, budget=key[2], label=method_label(name, opts, k, n),
+                mode=mode, n=n, k=k, budget=key[2], base=base,
+                # saddle-free Newton's lr 1 is a Newton step's fraction, not a GD step
+                label=base + ("" if name == "saddle-free-newton" else step_note(opts.get("lr"), n)),
                 settled=(settled or {}).get("|".join(map(str, key))),
                 lr=opts.get("lr"),
                 steps=steps[key], cost=at_c[key], c=at_c[key].at_cost,
                 spur_loss=statistics.median(r["final_loss"] for r in spur) if spur else None,
                 spur_eig=statistics.median(r["min_eig"] for r in spur
                                            if r["min_eig"] is not None) if spur else None))
-    cells.sort(key=lambda c: (c["mode"], c["n"], c["budget"], ORDER.index(c["label"])))
+    cells.sort(key=lambda c: (c["mode"], c["n"], c["budget"], ORDER.index(c["base"]), c["label"]))
     return cells
 
 
@@ -183,17 +192,22 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
         group = [c for c in cells if c["mode"] == mode]
         for row, (what, count) in enumerate(rows):
             ax = axes[row][col]
-            for i, label in enumerate(ORDER):
+            labels = sorted({c["label"] for c in group}, key=lambda lab: (
+                ORDER.index(next(c["base"] for c in group if c["label"] == lab)), lab))
+            for label in labels:
+                base = next(c["base"] for c in group if c["label"] == label)
+                i = ORDER.index(base)
                 pts = sorted((c["n"], count(c), c["steps"].runs) for c in group
                              if c["label"] == label and count(c) is not None)
                 if not pts:
                     continue
-                x = [k + 0.1 * (i - 6) for k, _, _ in pts]
+                x = [k + 0.1 * (i - 6) + (0.05 if label != base else 0) for k, _, _ in pts]
                 y = [100 * m / n for _, m, n in pts]
                 ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
                        [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
-                ax.errorbar(x, y, yerr=err, marker=markers[label], capsize=3, color=colors[i],
+                ax.errorbar(x, y, yerr=err, marker=markers[base], capsize=3, color=colors[i],
+                            mfc="none" if label != base else colors[i],  # own step: open
                             linestyle="-" if len(pts) > 1 else "none", label=label)
             ax.set_xticks(sorted({c["n"] for c in group}))
             ax.grid(alpha=0.3)

@@ -127,6 +127,9 @@ def test_minimum_is_named_with_hessian_evidence(built):
     assert d.grad_norm < 1e-8
     assert "local-minimum" in d.codes()
     assert 'preset="escape"' in d.finding("local-minimum").setting
+    # the study's remedy first where the model may change: width, then the escape preset
+    remedy = d.finding("local-minimum").remedy
+    assert remedy.index("widen") < remedy.index("escape preset")
 
 
 def test_saddle_is_named_with_its_index(built):

@@ -799,9 +799,12 @@ def _findings(d: Diagnosis, settings: RunSettings | None = None) -> list[Finding
         out.append(_finding(
             d, settings, "local-minimum", f"local minimum at loss {d.loss:.4g}: if that is "
             "above the loss you expect, it is a bad local minimum", ev_point,
-            "escape with magnitude-proportional weight noise that decays to 0 over the budget "
-            "(SynaPrune's escape preset, mechanism B; docs/noise-escape.md), or restart from "
-            "fresh initialisations sharing the budget and keep the best",
+            "where the model may change, widen the layer that is stuck (two extra units "
+            "removed every spurious minimum of the exact teacher-student study, "
+            "docs/results.md); otherwise escape with magnitude-proportional weight noise "
+            "that decays to 0 over the budget (SynaPrune's escape preset, mechanism B; "
+            "docs/noise-escape.md), or restart from fresh initialisations sharing the budget "
+            "and keep the best",
             [(("noise",), _ESCAPE_SETTING, "synaprune-escape"),
              (("noise", "blend"), 'SynaPrune(model.parameters(), lr=..., noise=1e-2, '
               'noise_trigger="stall", aggregation="blend", blend=0.5)', "synaprune-ab"),
