@@ -19,15 +19,18 @@ from torch import nn
 
 from synaprune.bench import get_method, run_seeds, run_single
 from synaprune.bench.kinds import (
+    DIVERGED_FACTOR,
     KINDS,
     NEG_EIG_TOL,
     REL_GRAD_TOL,
     classify,
+    divergence_bound,
     gradient_threshold,
     hessian_extremes,
     is_unstable,
     kind_label,
 )
+from synaprune.bench.summary import summarize
 from synaprune.optim.presets import ESCAPE
 from synaprune.problems import Problem, get_problem
 
@@ -150,6 +153,38 @@ def test_step_above_two_over_lambda_is_unstable_and_a_diverged_run_is_diverged()
     assert run.kind == "unstable" and run.min_eig is None
     (blown,) = run_seeds(problem, get_method("gd:lr=20"), [0], 500)
     assert blown.status == "diverged" and blown.kind == "diverged"
+
+
+def test_a_finite_blow_up_is_diverged_not_moving() -> None:
+    """lr * lambda = 3 on one axis: the excess loss grows 4x a step and would take ~500 steps to
+    overflow float64. It passes a million times its start (L_0 - L* = 1) at step 10, 4^10: both
+    runners stop it there as diverged, at that finite loss, before any Hessian check."""
+    problem = quadratic_problem((0.0, 1.0), (1.0, 2.0), offset=1.0)
+    assert divergence_bound(problem, 2.0) == 1.0 + DIVERGED_FACTOR
+    first = next(t for t in range(100) if 4.0 ** t > DIVERGED_FACTOR)
+    method = get_method("gd:lr=1.5")
+    (stacked,) = run_seeds(problem, method, [0], 100, until_converged=True)
+    single = run_single(problem, method, 0, 100, until_converged=True)
+    for run in (stacked, single):
+        assert run.status == "diverged" and run.kind == "diverged" and not run.success
+        assert run.steps == first and run.min_eig is None and run.final_grad_norm is None
+        assert run.final_loss == pytest.approx(1.0 + 4.0 ** first, rel=1e-12)
+    summary, = summarize([{"problem": "q", "method": "gd", "budget": 100, "success": False,
+                           "status": stacked.status, "final_loss": stacked.final_loss,
+                           "steps_to_success": None, "wall_time": 0.0,
+                           "kind": stacked.kind}])
+    assert summary.diverged == 1 and summary.median_final_loss == math.inf
+
+
+def test_divergence_bound_is_relative_to_the_starting_excess() -> None:
+    problem = quadratic_problem((0.0, 1.0), (1.0, 2.0), offset=1.0)
+    starts = torch.tensor([2.0, 1.0, 5.0, math.nan], dtype=torch.float64)
+    bounds = divergence_bound(problem, starts)
+    # a start at the global loss: the tolerance stands in for the excess
+    expected = [1 + DIVERGED_FACTOR, 1 + DIVERGED_FACTOR * 1e-6, 1 + 4 * DIVERGED_FACTOR]
+    assert bounds[:3].tolist() == pytest.approx(expected, rel=1e-15)
+    assert math.isnan(bounds[3])
+    assert [divergence_bound(problem, float(v)) for v in starts[:3]] == pytest.approx(expected)
 
 
 def test_issue_case_gd_above_two_over_lambda_max_at_teacher_student_k14_is_unstable() -> None:

@@ -75,7 +75,10 @@ def restart_seed(seed: int, restart: int) -> int:
 
 
 def _loss_key(result: RunResult) -> float:
-    return result.final_loss if math.isfinite(result.final_loss) else math.inf
+    # a diverged restart may stop at a finite loss (above the divergence bound): never kept
+    # over one that did not diverge
+    diverged = result.status == "diverged" or not math.isfinite(result.final_loss)
+    return math.inf if diverged else result.final_loss
 
 
 def combine_restarts(seed: int, restarts: Sequence[RunResult]) -> RunResult:

@@ -5,7 +5,9 @@ Hessian at its final parameters.
 The kinds, tested in this order (the definitions of ``docs/definitions.md``, "How a lab run
 ends"):
 
-* ``diverged``: the loss became NaN or infinite.
+* ``diverged``: the loss became NaN or infinite, or rose above :func:`divergence_bound`
+  (a million times the run's starting excess loss): a finite loss of 1e151 is a blow-up, not a
+  run still moving.
 * ``global``: the problem's success criterion, L <= global_loss + tolerance. No Hessian.
 * the gradient is *small* (:func:`gradient_threshold`): the Hessian's extreme eigenvalues by
   :func:`synaprune.curvature.lanczos` on Hessian-vector products at the final parameters
@@ -44,6 +46,7 @@ from synaprune.diagnose._diagnose import NEG_EIG_TOL
 from synaprune.problems import Problem
 
 __all__ = [
+    "DIVERGED_FACTOR",
     "KINDS",
     "KIND_LABELS",
     "NEG_EIG_TOL",
@@ -52,6 +55,7 @@ __all__ = [
     "Outcome",
     "classify",
     "classify_results",
+    "divergence_bound",
     "gradient_threshold",
     "hessian_extremes",
     "is_unstable",
@@ -82,6 +86,13 @@ REL_GRAD_TOL = 1e-6
 # noise is too large for the loss level reached: the same name, the same fact.
 UNSTABLE_FLOOR = 1e-9
 
+# A run whose excess loss grows past this multiple of its starting excess has blown up: float64
+# lets a loss reach 1e300 before it overflows, and a run on its way there (or coming back down
+# from 1e150 with weights of 1e75) is not "still moving" or merely "unstable". No run of the
+# lab's studies that climbed past it came back to a success; one unstable step (|1 - lr
+# lambda| > 1) needs many steps to get there, so the unstable kind keeps its meaning.
+DIVERGED_FACTOR = 1e6
+
 # Smallest eigenvalues asked of Lanczos at first (from each end), and at most (the index is then
 # a lower bound: "found").
 _K_START, _K_MAX = 4, 64
@@ -111,6 +122,25 @@ class Outcome:
     saddle_index: int | None = None
     max_eig: float | None = None
     hvps: int = 0
+
+
+def divergence_bound(problem: Problem, start_loss: float | Tensor) -> float | Tensor:
+    """Loss above which a run counts as diverged: L* + DIVERGED_FACTOR * max(L_0 - L*, tol).
+
+    Args:
+        problem: The problem (L* its ``global_loss``, tol its ``tolerance``).
+        start_loss: The run's loss at step 0, a float or a tensor of them (one per seed).
+
+    Returns:
+        The bound, of the type of ``start_loss``; NaN or inf when ``start_loss`` is (a run that
+        starts non-finite is diverged by that already).
+    """
+    excess = start_loss - problem.global_loss
+    if isinstance(excess, Tensor):
+        excess = excess.clamp(min=problem.tolerance)
+    else:
+        excess = max(excess, problem.tolerance) if math.isfinite(excess) else excess
+    return problem.global_loss + DIVERGED_FACTOR * excess
 
 
 def gradient_threshold(problem: Problem, loss: float | Tensor, param_norm: float | Tensor,

@@ -10,10 +10,11 @@ per model, so this equals S separate runs.
 
 A run's protocol, shared by :func:`run_seeds` and the plain single-model loop :func:`run_single`:
 at step t = 0, 1, ... the full-batch (or exact) training loss L_t at theta_t is evaluated; a
-non-finite L_t ends the run as ``diverged``; ``problem.solved(L_t)`` ends it as ``ok`` (success,
-``steps_to_success = t``); t == budget ends it as ``budget``; otherwise the gradient is taken
-(on the full batch, or on the seed's own minibatch) and the optimizer steps. ``steps`` is the
-number of optimizer steps taken and ``final_loss`` is L at the end.
+non-finite L_t, or one above :func:`synaprune.bench.kinds.divergence_bound` of L_0 (a blow-up
+that has not overflowed yet), ends the run as ``diverged``; ``problem.solved(L_t)`` ends it as
+``ok`` (success, ``steps_to_success = t``); t == budget ends it as ``budget``; otherwise the
+gradient is taken (on the full batch, or on the seed's own minibatch) and the optimizer steps.
+``steps`` is the number of optimizer steps taken and ``final_loss`` is L at the end.
 
 With ``until_converged``, a run also stops at step t (status ``budget``, before its t-th step)
 once its full-batch training-loss gradient at theta_t is small
@@ -55,7 +56,7 @@ from torch import Tensor
 from torch.func import grad, stack_module_state, vmap
 
 from synaprune.bench.cost import HVP, step_cost
-from synaprune.bench.kinds import classify_results, gradient_threshold
+from synaprune.bench.kinds import classify_results, divergence_bound, gradient_threshold
 from synaprune.bench.methods import GDRestarts, Method
 from synaprune.bench.penalty import StackedPenalty, hidden_module_names
 from synaprune.optim import ActivationGradientPenalty
@@ -98,9 +99,12 @@ class RunResult:
     Attributes:
         seed: Model seed (also seeds the run's minibatch order).
         status: ``"ok"`` (reached the global loss within tolerance), ``"diverged"`` (the loss
-            became NaN or infinite) or ``"budget"`` (ran out of steps).
+            became NaN or infinite, or rose above
+            :func:`synaprune.bench.kinds.divergence_bound`) or ``"budget"`` (ran out of
+            steps).
         success: ``status == "ok"``.
-        final_loss: Training loss at the end (NaN or inf when diverged).
+        final_loss: Training loss at the end (when diverged: NaN, inf, or the finite loss
+            above the bound at which the run stopped).
         best_loss: Lowest finite training loss seen (inf if none).
         steps: Optimizer steps taken.
         steps_to_success: Steps when the problem was solved, or None.
@@ -290,6 +294,7 @@ def run_single(
     tail_start: float | None = None
     tail_rise, previous = 0.0, math.nan
     settled = method.settled_from(steps)  # the window of the "unstable" kind
+    bound = math.inf  # divergence_bound of L_0, set at t = 0
     model = problem.build_model(seed)
     opt = method.make_optimizer(model.parameters(), noise_generator(seed))
     probe = PerExampleGradStats(model, reduction="mean") if method.per_example_stats else None
@@ -318,6 +323,8 @@ def run_single(
                 else:
                     loss = problem.loss(model)
         loss_value = loss.item()
+        if t == 0:
+            bound = divergence_bound(problem, loss_value)
         best = min(best, loss_value) if math.isfinite(loss_value) else best
         if t == settled:
             tail_start = _finite_or_none(loss_value)
@@ -325,7 +332,7 @@ def run_single(
             tail_rise += max(loss_value - previous, 0.0)
         previous = loss_value
         point: list[float | None] = [t, _finite_or_none(loss_value), None]
-        if not math.isfinite(loss_value):
+        if not math.isfinite(loss_value) or loss_value > bound:
             status = "diverged"
         elif problem.solved(loss_value):
             status = "ok"
@@ -566,6 +573,7 @@ def run_seeds(
     tail_start = torch.full((n,), math.nan, dtype=torch.float64)
     tail_rise = torch.zeros(n, dtype=torch.float64)
     previous = torch.zeros(n, dtype=torch.float64)
+    bound = torch.full((n,), math.inf, dtype=torch.float64)  # divergence_bound of L_0
 
     def finish(stop: Tensor, t: int, full_list: list[float]) -> None:
         """Record the results of the seeds at the positions in ``stop`` (a mask), at theta_t."""
@@ -574,7 +582,7 @@ def run_seeds(
         final_norms = grad_norms(finals, {k: v[stop] for k, v in buffers.items()}).tolist()
         for j, pos in enumerate(stop_pos):
             i, loss_i = live[pos], full_list[pos]
-            status = ("diverged" if not math.isfinite(loss_i)
+            status = ("diverged" if not math.isfinite(loss_i) or loss_i > bound[pos]
                       else "ok" if problem.solved(loss_i) else "budget")
             final_norm = _finite_or_none(final_norms[j]) if status != "diverged" else None
             curves[i].append([t, _finite_or_none(loss_i), final_norm])
@@ -595,15 +603,17 @@ def run_seeds(
         else:
             losses = full_losses(params, buffers)
             full = losses.detach()
-        finite = torch.isfinite(full)
-        best = torch.fmin(best, torch.where(finite, full, math.inf))
+        if t == 0:
+            bound = divergence_bound(problem, full.to(torch.float64))
+        going = torch.isfinite(full) & ~(full > bound)  # not diverged
+        best = torch.fmin(best, torch.where(torch.isfinite(full), full, math.inf))
         if t == half:
             tail_start = full.clone()
         elif t > half:
-            tail_rise += torch.where(finite, (full - previous).clamp(min=0.0), 0.0)
+            tail_rise += torch.where(going, (full - previous).clamp(min=0.0), 0.0)
         previous = full
-        solved = finite & (full <= problem.global_loss + problem.tolerance)
-        stop = ~finite | solved if t < steps else torch.ones_like(finite)
+        solved = going & (full <= problem.global_loss + problem.tolerance)
+        stop = ~going | solved if t < steps else torch.ones_like(going)
         full_list = full.tolist()
         if stop.any():
             finish(stop, t, full_list)
@@ -646,7 +656,7 @@ def run_seeds(
                 penalty.select(keep)
                 extra = {k: v[keep] for k, v in extra.items()}
             best, cost, previous = best[keep], cost[keep], previous[keep]
-            tail_start, tail_rise = tail_start[keep], tail_rise[keep]
+            tail_start, tail_rise, bound = tail_start[keep], tail_rise[keep], bound[keep]
             kept = keep.tolist()
             live = [live[j] for j in kept]
             full_list = [full_list[j] for j in kept]

@@ -90,7 +90,8 @@ class Summary:
         successes: Runs that reached the global loss within tolerance.
         success_rate: successes / runs.
         ci_low, ci_high: 95 % Wilson interval of the success rate.
-        diverged: Runs whose loss became NaN or infinite.
+        diverged: Runs whose loss became NaN or infinite or rose above
+            :func:`synaprune.bench.kinds.divergence_bound`.
         median_final_loss: Median final loss, a diverged run counting as +inf.
         median_steps_to_success: Median over successful runs, None if none succeeded.
         time_per_run: Mean wall time per run, seconds.
@@ -183,8 +184,8 @@ def summarize(rows: Iterable[dict[str, Any]], *, at_cost: float | None = None
         rules = sorted({str(r.get("stop_rule")) for r in every if r.get("stop_rule")})
         wins = sum(1 for r in group if r["success"])
         low, high = wilson_interval(wins, n)
-        losses = [r["final_loss"] if math.isfinite(r["final_loss"]) else math.inf
-                  for r in group]
+        losses = [math.inf if r["status"] == "diverged" or not math.isfinite(r["final_loss"])
+                  else r["final_loss"] for r in group]
         to_success = [r["steps_to_success"] for r in group if r["steps_to_success"] is not None]
         out.append(Summary(
             problem=problem, method=method, budget=budget, runs=n, successes=wins,

@@ -409,8 +409,9 @@ def load_run(db: str, run: str | int) -> tuple[StoredRun, Problem, nn.Module]:
     finally:
         store.close()
     if stored.status == "diverged":
-        raise _usage(f"run {run_id} diverged (its loss became NaN or inf): its final parameters "
-                     "are no point to diagnose; pick a run whose status is ok or budget")
+        raise _usage(f"run {run_id} diverged (its loss became NaN or inf, or a million times "
+                     "its start): its final parameters are no point to diagnose; pick a run "
+                     "whose status is ok or budget")
     try:
         problem = get_problem(stored.problem)
     except (ValueError, KeyError) as exc:
