@@ -51,7 +51,7 @@ def step_note(lr: float | None, teacher: int) -> str:
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
          "gd, student k+1", "gd, student k+2",
          "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton",
-         "synaprune-b", "synaprune-a", "synaprune-c")
+         "synaprune-b", "synaprune-a", "synaprune-c", "synaprune-ab", "synaprune-bc")
 
 
 def collect(out: Path, cost: float | None,
@@ -125,7 +125,7 @@ def tables(cells: list[dict[str, Any]]) -> str:
     for c in cells:
         s = c["steps"]
         other = " | ".join(f"{getattr(s, 'kind_' + k)}" for k in KINDS[2:])
-        out.append(f"| {problem_name(c)} | {c['label']} ({c['lr']}) | {s.runs} "
+        out.append(f"| {problem_name(c)} | {c['base']} ({c['lr']}) | {s.runs} "
                    f"| {pct(s.kind_global, s.runs)} | **{pct(s.kind_spurious, s.runs)}** "
                    f"| {other} | {s.median_cost:.0f} |")
     out += ["", "**Equal cost** C gradient-equivalents (`--at-cost C`)",
@@ -184,8 +184,9 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 + 3 * (len(modes) - 1), 7.5),
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
-    markers = dict(zip(ORDER, "osv^DP<>*Xhpd", strict=True))
-    colors = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "teal"]  # one a method
+    markers = dict(zip(ORDER, "osv^DP<>*Xhpd12", strict=True))
+    colors = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "teal", "indigo",
+                                               "olive"]  # one a method
     rows = (("spurious minima, moving runs settled", eventual),
             ("failed (not global)", lambda c: c["steps"].runs - c["steps"].kind_global))
     for col, mode in enumerate(modes):
@@ -219,7 +220,13 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                               if mode == "exact" else "k = n")
             if col == 0:
                 ax.set_ylabel(f"{what}, % of runs", fontsize=9)
-    axes[0][0].legend(fontsize=7, ncol=2, loc="upper left")
+    legend: dict[str, Any] = {}  # every panel's methods (A and C are on the sampled one only)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    # in the top right panel: on the sampled loss no spurious minimum is named, it is empty
+    axes[0][-1].legend(list(legend.values()), list(legend), fontsize=6.5, loc="upper center",
+                       ncol=1 if len(modes) > 1 else 2)
     fig.suptitle("teacher-student, step 5/k, 3,000 steps until converged\n"
                  "(95 % Wilson intervals; restarts: the kept restart's kind)", fontsize=10)
     fig.tight_layout()
