@@ -51,7 +51,8 @@ def step_note(lr: float | None, teacher: int) -> str:
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
          "gd, student k+1", "gd, student k+2",
          "perturbed-gd", "gradient-noise", "sam", "saddle-free-newton",
-         "synaprune-b", "synaprune-a", "synaprune-c", "synaprune-ab", "synaprune-bc")
+         "synaprune-b", "synaprune-a", "synaprune-c", "synaprune-ab", "synaprune-bc",
+         "synaprune")
 
 
 def collect(out: Path, cost: float | None,
@@ -184,9 +185,9 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(modes), figsize=(6.5 + 3 * (len(modes) - 1), 7.5),
                              squeeze=False, sharey="row",
                              gridspec_kw={"width_ratios": [3, 1][:len(modes)]})
-    markers = dict(zip(ORDER, "osv^DP<>*Xhpd12", strict=True))
+    markers = dict(zip(ORDER, "osv^DP<>*Xhpd123", strict=True))
     colors = [f"C{i}" for i in range(10)] + ["black", "darkgoldenrod", "teal", "indigo",
-                                               "olive"]  # one a method
+                                               "olive", "crimson"]  # one a method
     rows = (("spurious minima, moving runs settled", eventual),
             ("failed (not global)", lambda c: c["steps"].runs - c["steps"].kind_global))
     for col, mode in enumerate(modes):

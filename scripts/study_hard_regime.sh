@@ -13,7 +13,8 @@
 # teacher-student:exact=false,k=6, docs/tuning.md, not re-tuned here: synaprune-b, the stall-
 # triggered noise, on exact k = 12 and 16; synaprune-a, -b, -c on sampled k = 12, where the
 # per-example mechanisms A and C apply, then A and C at their own tuned steps and the
-# combinations -ab, -bc there; seeds 0-199); "all" (the default) runs them in turn.
+# combinations -ab, -bc and abc (synaprune) there; seeds 0-199); "all" (the default) runs
+# them in turn.
 # Resumable: finished runs are skipped on reruns.
 # Usage: scripts/study_hard_regime.sh [OUT] [exact|sampled|others|presets|all]
 #   then: python scripts/study_hard_regime.py OUT
@@ -70,9 +71,11 @@ if [ "$PART" = presets ] || [ "$PART" = all ]; then
   # (scripts/tune_hard_regime.sh OUT mechanisms): A at 0.5 x 5/k, C at 0.3 x 5/k.
   run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
     --method "synaprune-c:lr=0.125,beta=0.1,synaprune-a:lr=0.208333,blend=0.25"
-  # The combinations with B's stall noise, at the step of the mechanism that needs the smaller
-  # one (A or C); abc (plain synaprune) is not run: about an hour of CPU for 200 seeds.
+  # The combinations, at the step of the mechanism that needs the smaller one (A's 0.2083 or
+  # C's 0.125); abc (plain synaprune) costs about an hour of CPU for 200 seeds.
   run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
     --method "synaprune-bc:lr=0.125,beta=0.1,$B,synaprune-ab:lr=0.208333,blend=0.25,$B"
+  run "${P[@]}" --problem "teacher-student:k=12,exact=false,N=2000" --db "$OUT/p12s.db" \
+    --method "synaprune:lr=0.125,blend=0.25,beta=0.1,$B"
 fi
 echo "$(date -u +%T) done ($PART)" >&2
