@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from synaprune.bench import ResultStore, RunResult, get_method, run_seeds, run_single, sweep
-from synaprune.bench._restarts import MAX_RESTARTS, restart_seed
+from synaprune.bench._restarts import MAX_RESTARTS, combine_restarts, restart_seed
 from synaprune.problems import Problem, get_problem
 
 PROBLEM = "teacher-student:k=4"
@@ -17,13 +17,14 @@ LR = 0.5
 
 def _by_hand(seed: int, restarts: list[RunResult]) -> tuple[int, list[RunResult]]:
     """The documented choice, written out: tried = up to the first success; kept = that
-    success, else the lowest finite final loss (earliest on a tie)."""
+    success, else the lowest final loss of a restart that did not diverge (earliest on a
+    tie)."""
     tried: list[RunResult] = []
     for r in restarts:
         tried.append(r)
         if r.success:
             return len(tried) - 1, tried
-    losses = [r.final_loss if math.isfinite(r.final_loss) else math.inf for r in tried]
+    losses = [math.inf if r.status == "diverged" else r.final_loss for r in tried]
     return losses.index(min(losses)), tried
 
 
@@ -149,6 +150,26 @@ def test_diverged_restarts_are_never_kept(quartic: Problem) -> None:
             assert _same_params(result.params, own[kept].params)
     assert "diverged" in seen  # the case occurs
     assert any(r.status == "diverged" for r in gd[:4 * 12]) and any(r.success for r in got)
+
+
+def _restart(status: str, final_loss: float) -> RunResult:
+    return RunResult(seed=0, status=status, success=False, final_loss=final_loss,
+                     best_loss=final_loss, steps=10, steps_to_success=None, wall_time=0.0,
+                     curve=[[0, final_loss, None], [10, final_loss, None]],
+                     params={"w": torch.tensor([final_loss])})
+
+
+def test_a_finite_diverged_restart_is_not_kept_over_a_higher_loss() -> None:
+    """A restart that diverged stops at a finite loss above its own bound (2e6 from a start of
+    about 1); another that started at 1e4 may sit higher (5e6) without diverging. The kept
+    restart is the one that did not diverge, whatever the losses say."""
+    blown, high = _restart("diverged", 2e6), _restart("budget", 5e6)
+    for order in ([blown, high], [high, blown]):
+        kept = combine_restarts(0, order)
+        assert kept.status == "budget" and kept.final_loss == 5e6
+        assert torch.equal(kept.params["w"], high.params["w"])
+    both = combine_restarts(0, [_restart("diverged", 3e6), blown])
+    assert both.status == "diverged" and both.final_loss == 3e6  # all diverged: the first
 
 
 def test_sweep_stores_restart_runs(tmp_path) -> None:

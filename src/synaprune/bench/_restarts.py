@@ -15,7 +15,10 @@ The protocol of a ``gd-restarts:lr=LR,restarts=R`` run with seed s and budget T:
   (loss within the tolerance), as the lab stops every run at success: the restarts after it
   count for nothing (not in ``steps``, not in the curve, not in the choice).
 * The run's result is the best restart tried: the successful one if any, otherwise the one
-  with the lowest final loss (the earliest on a tie; the first when every restart diverged).
+  with the lowest final loss among those that did not diverge (the earliest on a tie; the
+  first when every restart diverged: a diverged restart may stop at a finite loss, above
+  :func:`synaprune.bench.kinds.divergence_bound` of its own start, which another restart's
+  loss can exceed when it started higher).
   Its status, final loss, final parameters and final gradient norm are the run's; ``steps``
   (and ``steps_to_success``) are the total steps of the restarts tried, ``best_loss`` the
   lowest loss any of them saw, and ``wall_time`` the time of the restarts computed.
