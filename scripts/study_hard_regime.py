@@ -42,11 +42,6 @@ def method_label(name: str, options: dict[str, Any], student: int, teacher: int)
     return name
 
 
-def step_note(lr: float | None, teacher: int) -> str:
-    """`` at lr X`` when a cell's step is not GD's 5/k (A and C at their own tuned step), so
-    that two cells of one method on one problem keep apart in every table and the figure."""
-    return "" if lr is None or abs(lr - 5 / teacher) < 1e-3 else f" at lr {lr:g}"
-
 
 ORDER = ("gd", "synaprune-escape", "gd-restarts R=2", "gd-restarts R=4",
          "gd, student k+1", "gd, student k+2",
@@ -80,16 +75,23 @@ def collect(out: Path, cost: float | None,
             spur = [r for r in runs if r["kind"] == "spurious"]
             base = method_label(name, opts, k, n)
             cells.append(dict(
-                mode=mode, n=n, k=k, budget=key[2], base=base,
-                # saddle-free Newton's lr 1 is a Newton step's fraction, not a GD step
-                label=base + ("" if name == "saddle-free-newton" else step_note(opts.get("lr"), n)),
+                mode=mode, n=n, k=k, budget=key[2], base=base, label=base,
                 settled=(settled or {}).get("|".join(map(str, key))),
                 lr=opts.get("lr"),
                 steps=steps[key], cost=at_c[key], c=at_c[key].at_cost,
                 spur_loss=statistics.median(r["final_loss"] for r in spur) if spur else None,
                 spur_eig=statistics.median(r["min_eig"] for r in spur
                                            if r["min_eig"] is not None) if spur else None))
-    cells.sort(key=lambda c: (c["mode"], c["n"], c["budget"], ORDER.index(c["base"]), c["label"]))
+    # one method at two steps on one problem (A and C at GD's step and at their own): the
+    # labels name the step, so the cells keep apart in every table and in the figure
+    steps_of: dict[tuple[Any, ...], set[Any]] = {}
+    for c in cells:
+        steps_of.setdefault((c["mode"], c["n"], c["k"], c["budget"], c["base"]), set()).add(c["lr"])
+    for c in cells:
+        if len(steps_of[(c["mode"], c["n"], c["k"], c["budget"], c["base"])]) > 1:
+            c["label"] = f"{c['base']} at lr {c['lr']:g}"
+    cells.sort(key=lambda c: (c["mode"], c["n"], c["budget"], ORDER.index(c["base"]),
+                              -(c["lr"] or 0)))
     return cells
 
 
