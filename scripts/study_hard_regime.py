@@ -205,13 +205,18 @@ def plot(cells: list[dict[str, Any]], path: Path) -> None:
                              if c["label"] == label and count(c) is not None)
                 if not pts:
                     continue
-                x = [k + 0.1 * (i - 6) + (0.05 if label != base else 0) for k, _, _ in pts]
+                # a method at two steps: the smaller one (its own tuned step) drawn open
+                own = any((c["lr"] or 0) < max(d["lr"] or 0 for d in group
+                                                if d["base"] == base and d["n"] == c["n"]
+                                                and d["k"] == c["k"])
+                          for c in group if c["label"] == label)
+                x = [k + 0.1 * (i - 6) + (0.05 if own else 0) for k, _, _ in pts]
                 y = [100 * m / n for _, m, n in pts]
                 ci = [wilson_interval(m, n) for _, m, n in pts]
                 err = [[yy - 100 * lo for yy, (lo, _) in zip(y, ci, strict=True)],
                        [100 * hi - yy for yy, (_, hi) in zip(y, ci, strict=True)]]
                 ax.errorbar(x, y, yerr=err, marker=markers[base], capsize=3, color=colors[i],
-                            mfc="none" if label != base else colors[i],  # own step: open
+                            mfc="none" if own else colors[i],
                             linestyle="-" if len(pts) > 1 else "none", label=label)
             ax.set_xticks(sorted({c["n"] for c in group}))
             ax.grid(alpha=0.3)
